@@ -1,0 +1,234 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+)
+
+// GetMany returns the rows with the given keys that exist, keyed by K;
+// missing keys are simply absent from the map (duplicates are read once).
+//
+// It costs one GetMulti, plus for the misses one lease Add per key, one SQL
+// query for all of them (= ANY($1), or unnest of the key columns for composite
+// keys) and one GetMulti and CAS per key to fill. Keys leased by others are
+// read from the database without waiting. If the cache fails, everything is
+// read from the database.
+func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
+	out := make(map[K]T, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, s.manyErr(err)
+	}
+	uniq := make([]K, 0, len(keys))
+	ckeys := make([]string, 0, len(keys))
+	seen := make(map[K]struct{}, len(keys))
+	for _, k := range keys {
+		if _, dup := seen[k]; dup {
+			continue
+		}
+		seen[k] = struct{}{}
+		uniq = append(uniq, k)
+		ckeys = append(ckeys, s.Key(k))
+	}
+
+	cacheOK := true
+	items, err := s.cache.GetMulti(ckeys)
+	if err != nil {
+		s.cacheErr("get", ckeys[0], err)
+		cacheOK, items = false, nil
+	}
+	var missing []int // indexes into uniq
+	for i, key := range ckeys {
+		it := items[key]
+		if it == nil {
+			missing = append(missing, i)
+			continue
+		}
+		var v T
+		switch s.open(it, &v).kind {
+		case kindValue:
+			out[uniq[i]] = v
+			s.stats.hits.Add(1)
+		case kindAbsent:
+			s.stats.hits.Add(1)
+		default:
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	s.stats.misses.Add(uint64(len(missing)))
+
+	// Lease each missing key before reading, so a write that commits after our
+	// read replaces the lease and our fill is dropped.
+	tokens := make(map[int]uint64, len(missing))
+	for _, i := range missing {
+		if !cacheOK {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			s.releaseLeases(ckeys, tokens)
+			return nil, s.manyErr(err)
+		}
+		tok := rand.Uint64()
+		switch err := s.cache.Add(s.leaseItem(ckeys[i], tok)); {
+		case err == nil:
+			tokens[i] = tok
+		case errors.Is(err, memcache.ErrNotStored): // another filler or a fresh write
+		default:
+			s.cacheErr("lease", ckeys[i], err)
+			cacheOK = false
+		}
+	}
+
+	mk := make([]K, len(missing))
+	for j, i := range missing {
+		mk[j] = uniq[i]
+	}
+	rows, err := s.selectMany(ctx, mk)
+	if err != nil {
+		s.releaseLeases(ckeys, tokens)
+		return nil, s.manyErr(err)
+	}
+	for i := range rows {
+		out[s.t.keyOf(&rows[i])] = rows[i]
+	}
+	if len(tokens) == 0 {
+		return out, nil
+	}
+
+	leased := make([]string, 0, len(tokens))
+	for i := range tokens {
+		leased = append(leased, ckeys[i])
+	}
+	cur, err := s.cache.GetMulti(leased)
+	if err != nil {
+		s.cacheErr("fill", leased[0], err)
+		return out, nil
+	}
+	for i, tok := range tokens {
+		key := ckeys[i]
+		it := cur[key]
+		if it == nil || !ownLease(it, tok) {
+			continue
+		}
+		var value []byte
+		var flags uint32
+		var exp int32
+		if v, ok := out[uniq[i]]; ok {
+			value, flags = s.envelope(key, &v, s.versionOf(&v))
+			exp = s.expiry(s.opt.TTL, true)
+		} else {
+			value, flags = s.envelope(key, nil, 0)
+			exp = s.expiry(s.opt.NegativeTTL, true)
+		}
+		if value == nil {
+			s.releaseLease(key, tok)
+			continue
+		}
+		it.Value, it.Flags, it.Expiration = value, flags, exp
+		switch err := s.cache.CompareAndSwap(it); {
+		case err == nil:
+			s.stats.fills.Add(1)
+		case errors.Is(err, memcache.ErrCASConflict), isMiss(err), errors.Is(err, memcache.ErrNotStored):
+			s.stats.casConflicts.Add(1)
+		default:
+			s.cacheErr("fill", key, err)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store[T, K]) manyErr(err error) error {
+	return &OpError{Op: "get many", Table: s.t.name, Err: err}
+}
+
+func (s *Store[T, K]) releaseLeases(ckeys []string, tokens map[int]uint64) {
+	for i, tok := range tokens {
+		s.releaseLease(ckeys[i], tok)
+	}
+}
+
+// selectMany reads the rows of keys from the database in one query.
+func (s *Store[T, K]) selectMany(ctx context.Context, keys []K) ([]T, error) {
+	s.stats.dbReads.Add(1)
+	var (
+		sql  string
+		args []any
+	)
+	if len(s.t.keyCols) == 1 {
+		sql, args = s.t.selectAny, []any{keys}
+	} else {
+		var err error
+		if sql, err = s.compositeSQL(ctx); err != nil {
+			return nil, err
+		}
+		args = s.columnArrays(keys)
+	}
+	rows, _ := s.db.Query(ctx, sql, args...)
+	return pgx.CollectRows(rows, s.t.scan)
+}
+
+// columnArrays turns composite keys into one typed slice per key column, the
+// arrays that unnest($1::t1[], $2::t2[], ...) takes.
+func (s *Store[T, K]) columnArrays(keys []K) []any {
+	n := len(s.t.keyCols)
+	cols := make([]reflect.Value, n)
+	for j, k := range keys {
+		args := s.t.keyArgs(k)
+		for c := 0; c < n; c++ {
+			a := reflect.ValueOf(args[c])
+			if j == 0 {
+				cols[c] = reflect.MakeSlice(reflect.SliceOf(a.Type()), len(keys), len(keys))
+			}
+			cols[c].Index(j).Set(a)
+		}
+	}
+	out := make([]any, n)
+	for c := range cols {
+		out[c] = cols[c].Interface()
+	}
+	return out
+}
+
+// compositeSQL returns the GetMany statement for a composite key, looking the
+// key columns' types up in the catalog on first use unless Table.KeyTypes
+// gave them.
+func (s *Store[T, K]) compositeSQL(ctx context.Context) (string, error) {
+	if p := s.anySQL.Load(); p != nil {
+		return *p, nil
+	}
+	s.anyOnce.Lock()
+	defer s.anyOnce.Unlock()
+	if p := s.anySQL.Load(); p != nil {
+		return *p, nil
+	}
+	types := s.t.keyTypes
+	if len(types) == 0 {
+		types = make([]string, len(s.t.keyCols))
+		for i, col := range s.t.keyCols {
+			err := s.db.QueryRow(ctx,
+				`SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+				 WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped`,
+				s.t.ident, col).Scan(&types[i])
+			if err != nil {
+				return "", fmt.Errorf("looking up the type of key column %q: %w", col, err)
+			}
+			if !validTypeName(types[i]) {
+				return "", fmt.Errorf("key column %q has type %q, which GetMany cannot cast to: set Table.KeyTypes", col, types[i])
+			}
+		}
+	}
+	sql := s.t.compositeSelectAny(types)
+	s.anySQL.Store(&sql)
+	return sql, nil
+}

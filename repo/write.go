@@ -1,0 +1,195 @@
+package repo
+
+import (
+	"context"
+	"errors"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+)
+
+// Insert inserts v (every column but Version, which takes its DEFAULT) and
+// returns the row as stored (INSERT ... RETURNING), after writing it through
+// to the cache.
+func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
+	row, err := s.writeRow(ctx, s.t.insert, &v)
+	if err != nil {
+		return row, s.opErr("insert", s.t.keyOf(&v), err)
+	}
+	return row, nil
+}
+
+// Upsert inserts v or, if a row with its key exists, overwrites that row's
+// columns (INSERT ... ON CONFLICT DO UPDATE), and returns the stored row after
+// writing it through to the cache.
+func (s *Store[T, K]) Upsert(ctx context.Context, v T) (T, error) {
+	row, err := s.writeRow(ctx, s.t.upsert, &v)
+	if err != nil {
+		return row, s.opErr("upsert", s.t.keyOf(&v), err)
+	}
+	return row, nil
+}
+
+func (s *Store[T, K]) writeRow(ctx context.Context, sql string, v *T) (T, error) {
+	vals := s.t.values(v)
+	args := make([]any, len(s.t.writeCols))
+	for n, i := range s.t.writeCols {
+		args[n] = vals[i]
+	}
+	rows, _ := s.db.Query(ctx, sql, args...)
+	row, err := pgx.CollectOneRow(rows, s.t.scan)
+	if err != nil {
+		return row, err
+	}
+	s.writeThrough(s.Key(s.t.keyOf(&row)), &row, s.versionOf(&row))
+	return row, nil
+}
+
+// Update reads the row with key k under a row lock (SELECT ... FOR UPDATE),
+// calls mutate on it, writes every non-key column back and commits, all in
+// one transaction, then writes the result through to the cache. If mutate
+// returns an error the transaction is rolled back and the error returned
+// (wrapped). mutate may run once per call; it must not change the key.
+func (s *Store[T, K]) Update(ctx context.Context, k K, mutate func(*T) error) (T, error) {
+	row, err := s.update(ctx, k, mutate)
+	if err != nil {
+		return row, s.opErr("update", k, err)
+	}
+	return row, nil
+}
+
+func (s *Store[T, K]) update(ctx context.Context, k K, mutate func(*T) error) (T, error) {
+	var zero T
+	tx, err := s.db.Begin(ctx)
+	if err != nil {
+		return zero, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	keyArgs := s.t.keyArgs(k)
+	rows, _ := tx.Query(ctx, s.t.selectForUpdate, keyArgs...)
+	row, err := pgx.CollectOneRow(rows, s.t.scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, ErrNotFound
+	}
+	if err != nil {
+		return zero, err
+	}
+	if err := mutate(&row); err != nil {
+		return zero, err
+	}
+	if s.t.keyOf(&row) != k {
+		return zero, ErrKeyChanged
+	}
+	vals := s.t.values(&row)
+	args := append(make([]any, 0, len(keyArgs)+len(s.t.setCols)), keyArgs...)
+	for _, i := range s.t.setCols {
+		args = append(args, vals[i])
+	}
+	rows, _ = tx.Query(ctx, s.t.update, args...)
+	if row, err = pgx.CollectOneRow(rows, s.t.scan); err != nil {
+		return zero, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return zero, err
+	}
+	s.writeThrough(s.Key(k), &row, s.versionOf(&row))
+	return row, nil
+}
+
+// Delete deletes the row with key k, or returns an error wrapping ErrNotFound
+// if there is none. With a Version column the cache keeps a tombstone for
+// NegativeTTL, so a read that raced the delete cannot put the row back;
+// without one, the key is deleted and the lease protocol guards fills.
+func (s *Store[T, K]) Delete(ctx context.Context, k K) error {
+	var version int64
+	var dst any = new(bool)
+	if s.t.versionIdx >= 0 {
+		dst = &version
+	}
+	err := s.db.QueryRow(ctx, s.t.delete, s.t.keyArgs(k)...).Scan(dst)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s.opErr("delete", k, ErrNotFound)
+	}
+	if err != nil {
+		return s.opErr("delete", k, err)
+	}
+	s.writeThrough(s.Key(k), nil, version)
+	return nil
+}
+
+// writeThrough brings the cache in line with a committed write: v is the new
+// row, or nil for a deletion. It runs whatever the caller's ctx says, since the
+// database change has committed. Without a version column it deletes the key.
+// With one it installs the new envelope unless the cache already holds the
+// same or a newer version: gets, compare, then CAS (or Add on a miss),
+// retried up to CASRetries. If that fails, the key is deleted so no stale
+// value stays, and the failure is reported.
+func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
+	if s.t.versionIdx < 0 {
+		s.invalidate(key)
+		return
+	}
+	value, flags := s.envelope(key, v, version)
+	if value == nil {
+		s.invalidate(key)
+		return
+	}
+	ttl := s.opt.TTL
+	if v == nil {
+		ttl = s.opt.NegativeTTL
+	}
+	exp := s.expiry(ttl, true)
+	for try := 0; try < s.opt.CASRetries; try++ {
+		it, err := s.cache.Get(key)
+		if isMiss(err) {
+			err = s.cache.Add(&memcache.Item{Key: key, Value: value, Flags: flags, Expiration: exp})
+			if err == nil {
+				return
+			}
+			if errors.Is(err, memcache.ErrNotStored) {
+				s.stats.casConflicts.Add(1)
+				continue
+			}
+		}
+		if err != nil {
+			s.cacheErr("write", key, err)
+			s.invalidate(key)
+			return
+		}
+		if k, ver, _, ok := openEnvelope(it.Flags, it.Value); ok && k != kindLease && newer(ver, k == kindAbsent, version, v == nil) {
+			return // the cache already holds this state or a newer one
+		}
+		it.Value, it.Flags, it.Expiration = value, flags, exp
+		err = s.cache.CompareAndSwap(it)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, memcache.ErrCASConflict), isMiss(err), errors.Is(err, memcache.ErrNotStored):
+			s.stats.casConflicts.Add(1)
+		default:
+			s.cacheErr("write", key, err)
+			s.invalidate(key)
+			return
+		}
+	}
+	s.cacheErr("write", key, ErrRetriesExhausted)
+	s.invalidate(key)
+}
+
+// invalidate deletes key, reporting failures other than a miss.
+func (s *Store[T, K]) invalidate(key string) {
+	if err := s.cache.Delete(key); err != nil && !isMiss(err) {
+		s.cacheErr("delete", key, err)
+	}
+}
+
+// newer reports whether a cached state (version, deleted) is at least as new
+// as an incoming one. A version number belongs to one row state; deleting it
+// keeps the number (the tombstone carries the deleted row's version), so at
+// equal versions a tombstone is newer than a value.
+func newer(cached int64, cachedDeleted bool, incoming int64, incomingDeleted bool) bool {
+	if cached != incoming {
+		return cached > incoming
+	}
+	return cachedDeleted || !incomingDeleted
+}
