@@ -139,7 +139,7 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		switch err := s.cache.CompareAndSwap(it); {
 		case err == nil:
 			s.stats.fills.Add(1)
-		case errors.Is(err, memcache.ErrCASConflict), isMiss(err), errors.Is(err, memcache.ErrNotStored):
+		case isLost(err):
 			s.stats.casConflicts.Add(1)
 		default:
 			s.cacheErr("fill", key, err)

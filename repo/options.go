@@ -64,6 +64,11 @@ type Options struct {
 	// CASRetries bounds every compare-and-swap loop. Default 16.
 	CASRetries int
 
+	// GenerationRefresh is how often a store re-reads its table's key
+	// generation from the cache, and so how long other processes may serve
+	// rows cached before an InvalidateAll. Default 1s.
+	GenerationRefresh time.Duration
+
 	// Hooks receive events the store does not return as errors.
 	Hooks Hooks
 }
@@ -108,6 +113,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.MaxItemSize <= 0 {
 		r.MaxItemSize = 1<<20 - 1<<10
+	}
+	if r.GenerationRefresh <= 0 {
+		r.GenerationRefresh = time.Second
 	}
 	if r.CASRetries <= 0 {
 		r.CASRetries = 16

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -21,32 +22,15 @@ import (
 // Store is a repository for one table: rows of type T keyed by K, read
 // through memcached and written through to it. It is safe for concurrent use.
 type Store[T any, K comparable] struct {
+	core
 	db    DB
-	cache Cache
 	t     *compiled[T, K]
 	codec Codec[T]
-	keys  cachekeys.Builder
-	opt   Options
+	gen   *generation
 	group singleflight.Group
-	stats counters
 
 	anyOnce sync.Mutex // guards selectAny for composite keys
 	anySQL  atomic.Pointer[string]
-}
-
-// Stats are counters of what a Store did since it was created.
-type Stats struct {
-	Hits         uint64 // reads answered by the cache (rows and cached "not found")
-	Misses       uint64 // keys not usable in the cache (absent, leased, corrupt)
-	Fills        uint64 // values the store put in the cache after a database read
-	DBReads      uint64 // database queries made to serve reads
-	LeaseWaits   uint64 // polls made while another filler held a key's lease
-	CASConflicts uint64 // compare-and-swap (or Add) attempts lost to a concurrent change
-	CacheErrors  uint64 // cache steps that failed (also reported to Hooks.CacheError)
-}
-
-type counters struct {
-	hits, misses, fills, dbReads, leaseWaits, casConflicts, cacheErrors atomic.Uint64
 }
 
 // New returns a Store for table over db and cache. opts may be nil. It checks
@@ -69,26 +53,19 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 		}
 		cd = bc
 	}
-	kb, err := cachekeys.New(o.Namespace, table.Name, "c"+strconv.FormatUint(cd.Fingerprint(), 36))
+	kb, err := cachekeys.New(o.Namespace, keyName(table.Name), "c"+strconv.FormatUint(cd.Fingerprint(), 36))
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
-	return &Store[T, K]{db: db, cache: cache, t: c, codec: cd, keys: kb, opt: o}, nil
-}
-
-// Stats returns a snapshot of the store's counters.
-func (s *Store[T, K]) Stats() Stats {
-	c := &s.stats
-	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Fills: c.fills.Load(),
-		DBReads: c.dbReads.Load(), LeaseWaits: c.leaseWaits.Load(),
-		CASConflicts: c.casConflicts.Load(), CacheErrors: c.cacheErrors.Load()}
+	return &Store[T, K]{core: core{cache: cache, opt: o}, db: db, t: c, codec: cd, gen: newGeneration(kb, o.GenerationRefresh)}, nil
 }
 
 // Key returns the cache key of k. It is exported for tests and tooling (for
 // example, to inspect or delete one key by hand).
 func (s *Store[T, K]) Key(k K) string {
+	kb := s.gen.builder(&s.core)
 	if s.t.keyPart != nil {
-		return s.t.keyPart(s.keys, k)
+		return s.t.keyPart(kb, k)
 	}
 	args := s.t.keyArgs(k)
 	parts := make([]string, len(args))
@@ -99,35 +76,11 @@ func (s *Store[T, K]) Key(k K) string {
 		}
 		parts[i] = p
 	}
-	return s.keys.Key(parts...)
+	return kb.Key(parts...)
 }
 
 func (s *Store[T, K]) opErr(op string, k K, err error) error {
 	return &OpError{Op: op, Table: s.t.name, Key: fmt.Sprint(k), Err: err}
-}
-
-func (s *Store[T, K]) cacheErr(op, key string, err error) {
-	s.stats.cacheErrors.Add(1)
-	if h := s.opt.Hooks.CacheError; h != nil {
-		h(op, key, err)
-	}
-}
-
-func isMiss(err error) bool { return errors.Is(err, memcache.ErrCacheMiss) }
-
-// expiry converts a TTL to memcached's relative seconds, shortened by jitter.
-func (s *Store[T, K]) expiry(ttl time.Duration, jitter bool) int32 {
-	if jitter && s.opt.Jitter > 0 {
-		ttl -= time.Duration(rand.Float64() * s.opt.Jitter * float64(ttl))
-	}
-	sec := int64(ttl / time.Second)
-	if sec < 1 {
-		sec = 1
-	}
-	if sec > 30*24*3600 { // memcached reads larger values as absolute times
-		sec = 30 * 24 * 3600
-	}
-	return int32(sec)
 }
 
 // decoded is what an item holds, once opened.
@@ -294,28 +247,6 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (s *Store[T, K]) leaseItem(key string, token uint64) *memcache.Item {
-	b := beginEnvelope(make([]byte, 0, 16), 0)
-	b = finishEnvelope(strconv.AppendUint(b, token, 36))
-	return &memcache.Item{Key: key, Value: b, Flags: flagsOf(kindLease), Expiration: s.expiry(s.opt.LeaseTTL, false)}
-}
-
-func ownLease(it *memcache.Item, token uint64) bool {
-	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
-	return ok && k == kindLease && string(payload) == strconv.FormatUint(token, 36)
-}
-
 // readAndFill runs with the lease held: read the row, then swap it in for the
 // lease. If anything replaced the lease meanwhile (a write, a delete, an
 // eviction), the fill is dropped: that writer's value is newer than our read.
@@ -343,41 +274,6 @@ func (s *Store[T, K]) readAndFill(ctx context.Context, k K, key string, token ui
 	return l, nil
 }
 
-// swapLease replaces our lease on key with value, if it is still ours.
-func (s *Store[T, K]) swapLease(key string, token uint64, value []byte, flags uint32, exp int32) {
-	it, err := s.cache.Get(key)
-	if err != nil {
-		if !isMiss(err) {
-			s.cacheErr("fill", key, err)
-		}
-		return
-	}
-	if !ownLease(it, token) {
-		return
-	}
-	it.Value, it.Flags, it.Expiration = value, flags, exp
-	switch err := s.cache.CompareAndSwap(it); {
-	case err == nil:
-		s.stats.fills.Add(1)
-	case errors.Is(err, memcache.ErrCASConflict), isMiss(err), errors.Is(err, memcache.ErrNotStored):
-		s.stats.casConflicts.Add(1)
-	default:
-		s.cacheErr("fill", key, err)
-	}
-}
-
-// releaseLease frees our lease early (a failed read, an oversize value) so
-// waiters do not sit out LeaseTTL. A CAS to an already-expired item is a
-// conditional delete: it removes the lease only if it is still ours.
-func (s *Store[T, K]) releaseLease(key string, token uint64) {
-	it, err := s.cache.Get(key)
-	if err != nil || !ownLease(it, token) {
-		return
-	}
-	it.Expiration = -1
-	_ = s.cache.CompareAndSwap(it)
-}
-
 // selectOne reads one row from the database, without the cache.
 func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 	s.stats.dbReads.Add(1)
@@ -403,4 +299,25 @@ func (s *Store[T, K]) readDB(ctx context.Context, k K) (T, error) {
 		return l.v, s.opErr("get", k, ErrNotFound)
 	}
 	return l.v, nil
+}
+
+// keyName returns name if it is usable in a cache key as is, else a readable
+// form with every other byte replaced by '_' and a hash of the real name
+// appended, so distinct names never share keys.
+func keyName(name string) string {
+	if _, err := cachekeys.New("x", name, "x"); err == nil {
+		return name
+	}
+	b := []byte(name)
+	if len(b) > 40 {
+		b = b[:40]
+	}
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			b[i] = '_'
+		}
+	}
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return string(b) + "_" + strconv.FormatUint(h.Sum64(), 36)
 }

@@ -164,7 +164,7 @@ func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
 		switch {
 		case err == nil:
 			return
-		case errors.Is(err, memcache.ErrCASConflict), isMiss(err), errors.Is(err, memcache.ErrNotStored):
+		case isLost(err):
 			s.stats.casConflicts.Add(1)
 		default:
 			s.cacheErr("write", key, err)
@@ -174,13 +174,6 @@ func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
 	}
 	s.cacheErr("write", key, ErrRetriesExhausted)
 	s.invalidate(key)
-}
-
-// invalidate deletes key, reporting failures other than a miss.
-func (s *Store[T, K]) invalidate(key string) {
-	if err := s.cache.Delete(key); err != nil && !isMiss(err) {
-		s.cacheErr("delete", key, err)
-	}
 }
 
 // newer reports whether a cached state (version, deleted) is at least as new

@@ -1,0 +1,210 @@
+package repo_test
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachedrepo/cachedrepo/internal/codec"
+	"github.com/cachedrepo/cachedrepo/repo"
+)
+
+// benchGoroutinesPerCPU makes RunParallel use 32 goroutines on these 2-core
+// machines, the concurrency the raw baselines in DESIGN.md were measured at.
+const benchGoroutinesPerCPU = 16
+
+// benchEnv seeds n products and returns the env and a store over them.
+func benchEnv(b *testing.B, n int) (*env, *repo.Store[Product, int64]) {
+	b.Helper()
+	e := newEnv(b)
+	e.exec(b, `INSERT INTO products (id, article_number, name, category_id, price_cents)
+		SELECT i, 'A' || i, 'product number ' || i, 1 + i % 2, i * 10 FROM generate_series(1, $1) i`, n)
+	e.exec(b, `ANALYZE products`)
+	return e, e.products(b, nil)
+}
+
+// BenchmarkGetHit compares Store.Get of a cached row with the raw work it
+// wraps: a gomemcache Get of the same encoded row plus the same decode.
+func BenchmarkGetHit(b *testing.B) {
+	const rows = 1000
+	e, s := benchEnv(b, rows)
+	cd, err := codec.For[Product]()
+	if err != nil {
+		b.Fatal(err)
+	}
+	rawKeys := make([]string, rows+1)
+	for id := int64(1); id <= rows; id++ {
+		p, err := s.Get(ctx, id) // fills the store's cache
+		if err != nil {
+			b.Fatal(err)
+		}
+		rawKeys[id] = fmt.Sprintf("%s:raw:%d", e.ns, id)
+		if err := e.mc.Set(&memcache.Item{Key: rawKeys[id], Value: cd.Append(nil, &p)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		var n atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				id := n.Add(1)%rows + 1
+				it, err := e.mc.Get(rawKeys[id])
+				if err != nil {
+					b.Fatal(err)
+				}
+				var p Product
+				if err := cd.Decode(it.Value, &p); err != nil || p.ID != id {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		before := s.Stats()
+		var n atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				id := n.Add(1)%rows + 1
+				p, err := s.Get(ctx, id)
+				if err != nil || p.ID != id {
+					b.Fatal(err)
+				}
+			}
+		})
+		if d := s.Stats().DBReads - before.DBReads; d != 0 {
+			b.Fatalf("%d database reads during a hit benchmark", d)
+		}
+	})
+}
+
+// BenchmarkGetManyHit compares GetMany of 100 cached rows with a raw GetMulti
+// of the same 100 keys plus decoding each value.
+func BenchmarkGetManyHit(b *testing.B) {
+	const rows, batch = 1000, 100
+	e, s := benchEnv(b, rows)
+	cd, err := codec.For[Product]()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]int64, rows)
+	rawKeys := make([]string, rows)
+	for i := range ids {
+		ids[i] = int64(i + 1)
+		rawKeys[i] = fmt.Sprintf("%s:raw:%d", e.ns, i+1)
+	}
+	for i := 0; i < rows; i += batch {
+		m, err := s.GetMany(ctx, ids[i:i+batch])
+		if err != nil || len(m) != batch {
+			b.Fatal(err)
+		}
+		for j := i; j < i+batch; j++ {
+			p := m[ids[j]]
+			if err := e.mc.Set(&memcache.Item{Key: rawKeys[j], Value: cd.Append(nil, &p)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		var n atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				off := int(n.Add(1)%(rows/batch)) * batch
+				items, err := e.mc.GetMulti(rawKeys[off : off+batch])
+				if err != nil || len(items) != batch {
+					b.Fatal(err)
+				}
+				out := make(map[int64]Product, batch)
+				for _, it := range items {
+					var p Product
+					if err := cd.Decode(it.Value, &p); err != nil {
+						b.Fatal(err)
+					}
+					out[p.ID] = p
+				}
+			}
+		})
+	})
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		before := s.Stats()
+		var n atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				off := int(n.Add(1)%(rows/batch)) * batch
+				m, err := s.GetMany(ctx, ids[off:off+batch])
+				if err != nil || len(m) != batch {
+					b.Fatal(err)
+				}
+			}
+		})
+		if d := s.Stats().DBReads - before.DBReads; d != 0 {
+			b.Fatalf("%d database reads during a hit benchmark", d)
+		}
+	})
+}
+
+// BenchmarkGetMiss shows what a miss costs over the database: raw is the
+// primary-key SELECT alone; store is Get of a key not in the cache (lease
+// Add, the same SELECT, the fill's gets + CAS).
+func BenchmarkGetMiss(b *testing.B) {
+	const rows = 50000
+	e, _ := benchEnv(b, rows)
+	round := 0
+	sel := "SELECT id, article_number, name, category_id, price_cents, updated_at, version FROM products WHERE id = $1"
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		var n atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				id := n.Add(1)%rows + 1
+				r, _ := e.pool.Query(ctx, sel, id)
+				p, err := pgx.CollectOneRow(r, pgx.RowToStructByName[Product])
+				if err != nil || p.ID != id {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		// Every op must miss: cycle through rows, and move to a fresh
+		// namespace (a fresh, empty key space) each time the ids wrap.
+		round++
+		stores := make([]*repo.Store[Product, int64], b.N/rows+1)
+		for i := range stores {
+			o := e.opts(nil)
+			o.Namespace = fmt.Sprintf("%s-%d-%d", e.ns, round, i)
+			stores[i] = e.products(b, o)
+		}
+		var n atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				c := n.Add(1) - 1
+				id := c%rows + 1
+				p, err := stores[c/rows].Get(ctx, id)
+				if err != nil || p.ID != id {
+					b.Fatal(err)
+				}
+			}
+		})
+		var hits uint64
+		for _, s := range stores {
+			hits += s.Stats().Hits
+		}
+		if hits != 0 {
+			b.Fatalf("%d hits in a miss benchmark", hits)
+		}
+	})
+}

@@ -1,0 +1,138 @@
+package repo
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+)
+
+// core is the part of the cache protocol that does not depend on the row
+// type: counters, hooks, expiry, and the lease operations. Store and Query
+// embed it.
+type core struct {
+	cache Cache
+	opt   Options
+	stats counters
+}
+
+// Stats are counters of what a Store did since it was created.
+type Stats struct {
+	Hits         uint64 // reads answered by the cache (rows and cached "not found")
+	Misses       uint64 // keys not usable in the cache (absent, leased, corrupt)
+	Fills        uint64 // values the store put in the cache after a database read
+	DBReads      uint64 // database queries made to serve reads
+	LeaseWaits   uint64 // polls made while another filler held a key's lease
+	CASConflicts uint64 // compare-and-swap (or Add) attempts lost to a concurrent change
+	CacheErrors  uint64 // cache steps that failed (also reported to Hooks.CacheError)
+}
+
+type counters struct {
+	hits, misses, fills, dbReads, leaseWaits, casConflicts, cacheErrors atomic.Uint64
+}
+
+// Stats returns a snapshot of the store's counters.
+func (s *core) Stats() Stats {
+	c := &s.stats
+	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Fills: c.fills.Load(),
+		DBReads: c.dbReads.Load(), LeaseWaits: c.leaseWaits.Load(),
+		CASConflicts: c.casConflicts.Load(), CacheErrors: c.cacheErrors.Load()}
+}
+
+func (s *core) cacheErr(op, key string, err error) {
+	s.stats.cacheErrors.Add(1)
+	if h := s.opt.Hooks.CacheError; h != nil {
+		h(op, key, err)
+	}
+}
+
+func isMiss(err error) bool { return errors.Is(err, memcache.ErrCacheMiss) }
+
+// expiry converts a TTL to memcached's relative seconds, shortened by jitter.
+func (s *core) expiry(ttl time.Duration, jitter bool) int32 {
+	if jitter && s.opt.Jitter > 0 {
+		ttl -= time.Duration(rand.Float64() * s.opt.Jitter * float64(ttl))
+	}
+	sec := int64(ttl / time.Second)
+	if sec < 1 {
+		sec = 1
+	}
+	if sec > 30*24*3600 { // memcached reads larger values as absolute times
+		sec = 30 * 24 * 3600
+	}
+	return int32(sec)
+}
+
+// isLost reports whether a conditional write (Add, CAS) lost to a concurrent
+// change rather than failed.
+func isLost(err error) bool {
+	return errors.Is(err, memcache.ErrCASConflict) || errors.Is(err, memcache.ErrNotStored) || isMiss(err)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *core) leaseItem(key string, token uint64) *memcache.Item {
+	b := beginEnvelope(make([]byte, 0, 16), 0)
+	b = finishEnvelope(strconv.AppendUint(b, token, 36))
+	return &memcache.Item{Key: key, Value: b, Flags: flagsOf(kindLease), Expiration: s.expiry(s.opt.LeaseTTL, false)}
+}
+
+func ownLease(it *memcache.Item, token uint64) bool {
+	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
+	return ok && k == kindLease && string(payload) == strconv.FormatUint(token, 36)
+}
+
+// swapLease replaces our lease on key with value, if it is still ours.
+func (s *core) swapLease(key string, token uint64, value []byte, flags uint32, exp int32) {
+	it, err := s.cache.Get(key)
+	if err != nil {
+		if !isMiss(err) {
+			s.cacheErr("fill", key, err)
+		}
+		return
+	}
+	if !ownLease(it, token) {
+		return
+	}
+	it.Value, it.Flags, it.Expiration = value, flags, exp
+	switch err := s.cache.CompareAndSwap(it); {
+	case err == nil:
+		s.stats.fills.Add(1)
+	case isLost(err):
+		s.stats.casConflicts.Add(1)
+	default:
+		s.cacheErr("fill", key, err)
+	}
+}
+
+// releaseLease frees our lease early (a failed read, an oversize value) so
+// waiters do not sit out LeaseTTL. A CAS to an already-expired item is a
+// conditional delete: it removes the lease only if it is still ours.
+func (s *core) releaseLease(key string, token uint64) {
+	it, err := s.cache.Get(key)
+	if err != nil || !ownLease(it, token) {
+		return
+	}
+	it.Expiration = -1
+	_ = s.cache.CompareAndSwap(it)
+}
+
+// invalidate deletes key, reporting failures other than a miss.
+func (s *core) invalidate(key string) {
+	if err := s.cache.Delete(key); err != nil && !isMiss(err) {
+		s.cacheErr("delete", key, err)
+	}
+}
