@@ -119,11 +119,8 @@ func (s *Store[T, K]) Delete(ctx context.Context, k K) error {
 
 // writeThrough brings the cache in line with a committed write: v is the new
 // row, or nil for a deletion. It runs whatever the caller's ctx says, since the
-// database change has committed. Without a version column it deletes the key.
-// With one it installs the new envelope unless the cache already holds the
-// same or a newer version: gets, compare, then CAS (or Add on a miss),
-// retried up to CASRetries. If that fails, the key is deleted so no stale
-// value stays, and the failure is reported.
+// database change has committed. Without a version column it deletes the key;
+// with one it installs the new state with putVersioned.
 func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
 	if s.t.versionIdx < 0 {
 		s.invalidate(key)
@@ -138,15 +135,25 @@ func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
 	if v == nil {
 		ttl = s.opt.NegativeTTL
 	}
-	exp := s.expiry(ttl, true)
+	s.putVersioned(key, value, flags, s.expiry(ttl, true), version)
+}
+
+// putVersioned installs an envelope (value or absent, of row version
+// version) unless the cache already holds the same or a newer state: gets,
+// compare, then CAS (or Add on a miss), retried up to CASRetries. A lease is
+// always replaced, which makes its filler's CAS fail. If the loop fails, the
+// key is deleted so no stale value stays, and the failure is reported. It
+// reports whether the new state (or a newer one) is in the cache.
+func (s *core) putVersioned(key string, value []byte, flags uint32, exp int32, version int64) bool {
+	deleted := kind(flags&0xff) == kindAbsent
 	for try := 0; try < s.opt.CASRetries; try++ {
 		it, err := s.cache.Get(key)
 		if isMiss(err) {
 			err = s.cache.Add(&memcache.Item{Key: key, Value: value, Flags: flags, Expiration: exp})
 			if err == nil {
-				return
+				return true
 			}
-			if errors.Is(err, memcache.ErrNotStored) {
+			if isLost(err) {
 				s.stats.casConflicts.Add(1)
 				continue
 			}
@@ -154,26 +161,27 @@ func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
 		if err != nil {
 			s.cacheErr("write", key, err)
 			s.invalidate(key)
-			return
+			return false
 		}
-		if k, ver, _, ok := openEnvelope(it.Flags, it.Value); ok && k != kindLease && newer(ver, k == kindAbsent, version, v == nil) {
-			return // the cache already holds this state or a newer one
+		if k, ver, _, ok := openEnvelope(it.Flags, it.Value); ok && k != kindLease && newer(ver, k == kindAbsent, version, deleted) {
+			return true // the cache already holds this state or a newer one
 		}
 		it.Value, it.Flags, it.Expiration = value, flags, exp
 		err = s.cache.CompareAndSwap(it)
 		switch {
 		case err == nil:
-			return
+			return true
 		case isLost(err):
 			s.stats.casConflicts.Add(1)
 		default:
 			s.cacheErr("write", key, err)
 			s.invalidate(key)
-			return
+			return false
 		}
 	}
 	s.cacheErr("write", key, ErrRetriesExhausted)
 	s.invalidate(key)
+	return false
 }
 
 // newer reports whether a cached state (version, deleted) is at least as new
