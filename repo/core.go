@@ -29,10 +29,15 @@ type Stats struct {
 	LeaseWaits   uint64 // polls made while another filler held a key's lease
 	CASConflicts uint64 // compare-and-swap (or Add) attempts lost to a concurrent change
 	CacheErrors  uint64 // cache steps that failed (also reported to Hooks.CacheError)
+
+	// Aggregates (Counter, Leaderboard) only.
+	Rebuilds uint64 // cached aggregates recomputed from the database after a miss
+	Drops    uint64 // cached aggregates deleted because they could no longer be proven right
 }
 
 type counters struct {
 	hits, misses, fills, dbReads, leaseWaits, casConflicts, cacheErrors atomic.Uint64
+	rebuilds, drops                                                     atomic.Uint64
 }
 
 // Stats returns a snapshot of the store's counters.
@@ -40,7 +45,8 @@ func (s *core) Stats() Stats {
 	c := &s.stats
 	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Fills: c.fills.Load(),
 		DBReads: c.dbReads.Load(), LeaseWaits: c.leaseWaits.Load(),
-		CASConflicts: c.casConflicts.Load(), CacheErrors: c.cacheErrors.Load()}
+		CASConflicts: c.casConflicts.Load(), CacheErrors: c.cacheErrors.Load(),
+		Rebuilds: c.rebuilds.Load(), Drops: c.drops.Load()}
 }
 
 func (s *core) cacheErr(op, key string, err error) {
@@ -130,9 +136,12 @@ func (s *core) releaseLease(key string, token uint64) {
 	_ = s.cache.CompareAndSwap(it)
 }
 
-// invalidate deletes key, reporting failures other than a miss.
-func (s *core) invalidate(key string) {
+// invalidate deletes key, reporting failures other than a miss. It reports
+// whether the key is gone.
+func (s *core) invalidate(key string) bool {
 	if err := s.cache.Delete(key); err != nil && !isMiss(err) {
 		s.cacheErr("delete", key, err)
+		return false
 	}
+	return true
 }

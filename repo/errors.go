@@ -31,6 +31,11 @@ var (
 	// compare-and-swap loop ran out of retries; the key is deleted instead.
 	// CAS helpers that cannot fall back (CASValue) return it to the caller.
 	ErrRetriesExhausted = errors.New("repo: compare-and-swap retries exhausted")
+
+	// ErrInvalidArgument is returned (wrapped in an *OpError) for arguments
+	// an operation cannot accept: an empty counter, board or player name, a
+	// negative or too large n.
+	ErrInvalidArgument = errors.New("repo: invalid argument")
 )
 
 // OpError is the error type of every failing Store operation. It names the

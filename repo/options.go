@@ -69,6 +69,13 @@ type Options struct {
 	// rows cached before an InvalidateAll. Default 1s.
 	GenerationRefresh time.Duration
 
+	// Outbox names the invalidation outbox table (usually
+	// "cachedrepo_outbox"). When set, every write records its cache key there
+	// in the same transaction, and a Repairer replays keys whose cache update
+	// did not happen. Empty (the default) means no outbox: a write whose cache
+	// update fails is only reported.
+	Outbox string
+
 	// Hooks receive events the store does not return as errors.
 	Hooks Hooks
 }

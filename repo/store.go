@@ -27,6 +27,7 @@ type Store[T any, K comparable] struct {
 	t     *compiled[T, K]
 	codec Codec[T]
 	gen   *generation
+	w     writeSQL
 	group singleflight.Group
 
 	anyOnce sync.Mutex // guards selectAny for composite keys
@@ -57,7 +58,8 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
-	return &Store[T, K]{core: core{cache: cache, opt: o}, db: db, t: c, codec: cd, gen: newGeneration(kb, o.GenerationRefresh)}, nil
+	return &Store[T, K]{core: core{cache: cache, opt: o}, db: db, t: c, codec: cd,
+		gen: newGeneration(kb, o.GenerationRefresh), w: newWriteSQL(c, o.Outbox)}, nil
 }
 
 // Key returns the cache key of k. It is exported for tests and tooling (for

@@ -12,7 +12,7 @@ import (
 // returns the row as stored (INSERT ... RETURNING), after writing it through
 // to the cache.
 func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
-	row, err := s.writeRow(ctx, s.t.insert, &v)
+	row, err := s.writeRow(ctx, s.db, runNow, s.w.insert, &v)
 	if err != nil {
 		return row, s.opErr("insert", s.t.keyOf(&v), err)
 	}
@@ -23,25 +23,32 @@ func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
 // columns (INSERT ... ON CONFLICT DO UPDATE), and returns the stored row after
 // writing it through to the cache.
 func (s *Store[T, K]) Upsert(ctx context.Context, v T) (T, error) {
-	row, err := s.writeRow(ctx, s.t.upsert, &v)
+	row, err := s.writeRow(ctx, s.db, runNow, s.w.upsert, &v)
 	if err != nil {
 		return row, s.opErr("upsert", s.t.keyOf(&v), err)
 	}
 	return row, nil
 }
 
-func (s *Store[T, K]) writeRow(ctx context.Context, sql string, v *T) (T, error) {
+// writeRow runs an INSERT or upsert of v on db and schedules the cache update
+// with after (at once, or after the enclosing transaction commits).
+func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func()), sql string, v *T) (T, error) {
 	vals := s.t.values(v)
-	args := make([]any, len(s.t.writeCols))
+	args := make([]any, len(s.t.writeCols), len(s.t.writeCols)+1)
 	for n, i := range s.t.writeCols {
 		args[n] = vals[i]
 	}
-	rows, _ := s.db.Query(ctx, sql, args...)
-	row, err := pgx.CollectOneRow(rows, s.t.scan)
+	key := s.Key(s.t.keyOf(v))
+	if s.w.outbox {
+		args = append(args, key)
+	}
+	rows, _ := db.Query(ctx, sql, args...)
+	var outboxID int64
+	row, err := pgx.CollectOneRow(rows, s.scanner(&outboxID))
 	if err != nil {
 		return row, err
 	}
-	s.writeThrough(s.Key(s.t.keyOf(&row)), &row, s.versionOf(&row))
+	after(func() { s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID) })
 	return row, nil
 }
 
@@ -51,16 +58,16 @@ func (s *Store[T, K]) writeRow(ctx context.Context, sql string, v *T) (T, error)
 // returns an error the transaction is rolled back and the error returned
 // (wrapped). mutate may run once per call; it must not change the key.
 func (s *Store[T, K]) Update(ctx context.Context, k K, mutate func(*T) error) (T, error) {
-	row, err := s.update(ctx, k, mutate)
+	row, err := s.update(ctx, s.db, runNow, k, mutate)
 	if err != nil {
 		return row, s.opErr("update", k, err)
 	}
 	return row, nil
 }
 
-func (s *Store[T, K]) update(ctx context.Context, k K, mutate func(*T) error) (T, error) {
+func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func()), k K, mutate func(*T) error) (T, error) {
 	var zero T
-	tx, err := s.db.Begin(ctx)
+	tx, err := db.Begin(ctx) // a savepoint when db is itself a transaction
 	if err != nil {
 		return zero, err
 	}
@@ -81,18 +88,23 @@ func (s *Store[T, K]) update(ctx context.Context, k K, mutate func(*T) error) (T
 		return zero, ErrKeyChanged
 	}
 	vals := s.t.values(&row)
-	args := append(make([]any, 0, len(keyArgs)+len(s.t.setCols)), keyArgs...)
+	args := append(make([]any, 0, len(keyArgs)+len(s.t.setCols)+1), keyArgs...)
 	for _, i := range s.t.setCols {
 		args = append(args, vals[i])
 	}
-	rows, _ = tx.Query(ctx, s.t.update, args...)
-	if row, err = pgx.CollectOneRow(rows, s.t.scan); err != nil {
+	key := s.Key(k)
+	if s.w.outbox {
+		args = append(args, key)
+	}
+	var outboxID int64
+	rows, _ = tx.Query(ctx, s.w.update, args...)
+	if row, err = pgx.CollectOneRow(rows, s.scanner(&outboxID)); err != nil {
 		return zero, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return zero, err
 	}
-	s.writeThrough(s.Key(k), &row, s.versionOf(&row))
+	after(func() { s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID) })
 	return row, nil
 }
 
@@ -101,41 +113,63 @@ func (s *Store[T, K]) update(ctx context.Context, k K, mutate func(*T) error) (T
 // NegativeTTL, so a read that raced the delete cannot put the row back;
 // without one, the key is deleted and the lease protocol guards fills.
 func (s *Store[T, K]) Delete(ctx context.Context, k K) error {
-	var version int64
+	return s.delete(ctx, s.db, runNow, k)
+}
+
+func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func()), k K) error {
+	var version, outboxID int64
 	var dst any = new(bool)
 	if s.t.versionIdx >= 0 {
 		dst = &version
 	}
-	err := s.db.QueryRow(ctx, s.t.delete, s.t.keyArgs(k)...).Scan(dst)
+	key := s.Key(k)
+	args := s.t.keyArgs(k)
+	dsts := []any{dst}
+	if s.w.outbox {
+		args = append(args[:len(args):len(args)], key)
+		dsts = append(dsts, &outboxID)
+	}
+	err := db.QueryRow(ctx, s.w.delete, args...).Scan(dsts...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s.opErr("delete", k, ErrNotFound)
 	}
 	if err != nil {
 		return s.opErr("delete", k, err)
 	}
-	s.writeThrough(s.Key(k), nil, version)
+	after(func() { s.afterCommit(ctx, key, nil, version, outboxID) })
 	return nil
+}
+
+// afterCommit runs once the write has committed: bring the cache in line
+// and, if that worked, drop the write's outbox row (else the Repairer
+// replays it).
+func (s *Store[T, K]) afterCommit(ctx context.Context, key string, v *T, version, outboxID int64) {
+	if !s.writeThrough(key, v, version) || outboxID == 0 {
+		return
+	}
+	if _, err := s.db.Exec(context.WithoutCancel(ctx), s.w.outboxDone, outboxID); err != nil {
+		s.cacheErr("outbox", key, err) // harmless: the Repairer deletes the key again later
+	}
 }
 
 // writeThrough brings the cache in line with a committed write: v is the new
 // row, or nil for a deletion. It runs whatever the caller's ctx says, since the
 // database change has committed. Without a version column it deletes the key;
-// with one it installs the new state with putVersioned.
-func (s *Store[T, K]) writeThrough(key string, v *T, version int64) {
+// with one it installs the new state with putVersioned. It reports whether
+// the cache no longer holds anything older than the write.
+func (s *Store[T, K]) writeThrough(key string, v *T, version int64) bool {
 	if s.t.versionIdx < 0 {
-		s.invalidate(key)
-		return
+		return s.invalidate(key)
 	}
 	value, flags := s.envelope(key, v, version)
 	if value == nil {
-		s.invalidate(key)
-		return
+		return s.invalidate(key)
 	}
 	ttl := s.opt.TTL
 	if v == nil {
 		ttl = s.opt.NegativeTTL
 	}
-	s.putVersioned(key, value, flags, s.expiry(ttl, true), version)
+	return s.putVersioned(key, value, flags, s.expiry(ttl, true), version)
 }
 
 // putVersioned installs an envelope (value or absent, of row version

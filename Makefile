@@ -1,0 +1,43 @@
+# Tests run against a real PostgreSQL and a real memcached (see
+# repo/repotest): the servers are started from the installed binaries, or
+# taken from CACHEDREPO_TEST_DATABASE_URL / CACHEDREPO_TEST_MEMCACHED.
+
+SHELL := /bin/bash
+GO ?= go
+FUZZTIME ?= 20s
+MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached
+
+.PHONY: test vet bench fuzz check-memcached
+
+## test: run all tests with the race detector (installs memcached if missing and root)
+test: check-memcached
+	$(GO) test -race -count=1 ./...
+
+check-memcached:
+	@if ! command -v memcached >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "memcached is not installed; installing it: $(MEMCACHED_INSTALL)"; \
+			$(MEMCACHED_INSTALL); \
+		else \
+			echo "memcached is not installed; the tests need it. Install it with:"; \
+			echo "  $(MEMCACHED_INSTALL)"; \
+			exit 1; \
+		fi; \
+	fi
+
+## vet: fail on unformatted files, then go vet
+vet:
+	@out="$$(gofmt -l .)"; \
+	if [ -n "$$out" ]; then echo "gofmt -l reports unformatted files:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## bench: benchmarks of the repository layer
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./repo/
+
+## fuzz: short runs of the fuzz targets ($(FUZZTIME) each)
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzKey$$' -fuzztime=$(FUZZTIME) ./cachekeys
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/codec
+
+# demo: to be added later (runs the example against scripts/servers.sh).
