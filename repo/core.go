@@ -15,9 +15,18 @@ import (
 // type: counters, hooks, expiry, and the lease operations. Store and Query
 // embed it.
 type core struct {
-	cache Cache
+	cache Cache // guarded by br
+	br    *breaker
 	opt   Options
 	stats counters
+}
+
+func newCore(cache Cache, o Options) core {
+	br := newBreaker(o.BreakerFailures, o.BreakerCooldown, func() error {
+		_, err := cache.Get(o.Namespace + ":probe")
+		return err
+	})
+	return core{cache: guarded{Cache: cache, b: br}, br: br, opt: o}
 }
 
 // Stats are counters of what a Store did since it was created.

@@ -39,11 +39,14 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		ckeys = append(ckeys, s.Key(k))
 	}
 
-	cacheOK := true
-	items, err := s.cache.GetMulti(ckeys)
-	if err != nil {
-		s.cacheErr("get", ckeys[0], err)
-		cacheOK, items = false, nil
+	cacheOK := s.br.allowRead()
+	var items map[string]*memcache.Item
+	if cacheOK {
+		var err error
+		if items, err = s.cache.GetMulti(ckeys); err != nil {
+			s.cacheErr("get", ckeys[0], err)
+			cacheOK, items = false, nil
+		}
 	}
 	var missing []int // indexes into uniq
 	for i, key := range ckeys {

@@ -166,3 +166,8 @@ func (h *hookDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 	}
 	return rows, err
 }
+
+func startPrivateMemcached(t testing.TB, args ...string) *repotest.MemcachedProcess {
+	t.Helper()
+	return repotest.StartMemcached(t, args...)
+}

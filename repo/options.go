@@ -69,6 +69,15 @@ type Options struct {
 	// rows cached before an InvalidateAll. Default 1s.
 	GenerationRefresh time.Duration
 
+	// BreakerFailures is how many consecutive cache transport failures open
+	// the breaker, after which reads skip the cache. Default 3.
+	BreakerFailures int
+
+	// BreakerCooldown is how long the breaker stays open before one read
+	// probes the cache; it doubles after each failed probe, up to 30s.
+	// Default 1s.
+	BreakerCooldown time.Duration
+
 	// Outbox names the invalidation outbox table (usually
 	// "cachedrepo_outbox"). When set, every write records its cache key there
 	// in the same transaction, and a Repairer replays keys whose cache update
@@ -120,6 +129,12 @@ func (o *Options) withDefaults() Options {
 	}
 	if r.MaxItemSize <= 0 {
 		r.MaxItemSize = 1<<20 - 1<<10
+	}
+	if r.BreakerFailures <= 0 {
+		r.BreakerFailures = 3
+	}
+	if r.BreakerCooldown <= 0 {
+		r.BreakerCooldown = time.Second
 	}
 	if r.GenerationRefresh <= 0 {
 		r.GenerationRefresh = time.Second

@@ -213,3 +213,19 @@ func (r *Repairer) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// drain replays every outbox row, whatever its age, until none is left or
+// the time limit passes. It is the breaker's recovery step.
+func (r *Repairer) drain(ctx context.Context, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		n, err := r.RunOnce(ctx, 0)
+		if err != nil {
+			return err
+		}
+		if n < r.opt.Batch {
+			return nil
+		}
+	}
+}

@@ -55,7 +55,7 @@ func NewQuery[V any](cache Cache, name string, ttl time.Duration, load func(ctx 
 	if err != nil {
 		return nil, fmt.Errorf("repo: query %q: %w", name, err)
 	}
-	return &Query[V]{core: core{cache: cache, opt: o}, name: name, keys: kb, codec: cd, load: load}, nil
+	return &Query[V]{core: newCore(cache, o), name: name, keys: kb, codec: cd, load: load}, nil
 }
 
 // Get returns the cached result for args, or loads, caches and returns it.
@@ -66,6 +66,14 @@ func (q *Query[V]) Get(ctx context.Context, args ...string) (V, error) {
 		return zero, q.err(err)
 	}
 	key := q.keys.Key(args...)
+	if !q.br.allowRead() {
+		q.stats.dbReads.Add(1)
+		v, err := q.load(ctx, args...)
+		if err != nil {
+			return zero, q.err(err)
+		}
+		return v, nil
+	}
 	it, err := q.cache.Get(key)
 	if err == nil {
 		if v, ok := q.decode(it); ok {

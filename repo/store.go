@@ -58,8 +58,13 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
-	return &Store[T, K]{core: core{cache: cache, opt: o}, db: db, t: c, codec: cd,
-		gen: newGeneration(kb, o.GenerationRefresh), w: newWriteSQL(c, o.Outbox)}, nil
+	s := &Store[T, K]{core: newCore(cache, o), db: db, t: c, codec: cd,
+		gen: newGeneration(kb, o.GenerationRefresh), w: newWriteSQL(c, o.Outbox)}
+	if o.Outbox != "" {
+		r := NewRepairer(db, cache, RepairerOptions{Table: o.Outbox, Hooks: o.Hooks})
+		s.br.recover = func() error { return r.drain(context.Background(), s.opt.LeaseTTL) }
+	}
+	return s, nil
 }
 
 // Key returns the cache key of k. It is exported for tests and tooling (for
@@ -147,6 +152,9 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 		return v, s.opErr("get", k, err)
 	}
 	key := s.Key(k)
+	if !s.br.allowRead() {
+		return s.readDB(ctx, k)
+	}
 	it, err := s.cache.Get(key)
 	switch {
 	case err == nil:

@@ -1,0 +1,151 @@
+package repo
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+)
+
+// breaker keeps reads off a cache that is failing. After BreakerFailures
+// consecutive transport failures (timeouts, refused or reset connections;
+// not misses or CAS conflicts) it opens: reads go straight to the database
+// without paying the client timeout. After a cooldown (doubling on each
+// failed probe, up to 30s) the next read probes the cache with a request of
+// its own. If the cache answers, recover runs (the store replays its outbox
+// there, so keys whose invalidation failed during the outage are gone) and
+// only then does the breaker close and the read go to the cache. No read
+// ever uses an answer the cache gave before recovery finished.
+//
+// Writes do not consult the breaker: they always try the cache, because a
+// write that skipped its cache update would leave a stale value behind.
+type breaker struct {
+	threshold int
+	base      time.Duration
+	probe     func() error // a request whose outcome is all that matters
+	recover   func() error // may be nil
+
+	open atomic.Bool // fast path for readers
+	bad  atomic.Int32
+
+	mu       sync.Mutex
+	until    time.Time
+	cooldown time.Duration
+}
+
+func newBreaker(threshold int, cooldown time.Duration, probe func() error) *breaker {
+	return &breaker{threshold: threshold, base: cooldown, cooldown: cooldown, probe: probe}
+}
+
+// allowRead reports whether a read may use the cache now. While the breaker
+// is open it is false, except that once per cooldown the caller probes and
+// recovers, and gets true if that closed the breaker.
+func (b *breaker) allowRead() bool {
+	if b == nil || !b.open.Load() {
+		return true
+	}
+	if !b.mu.TryLock() { // a probe or recovery is under way: stay off the cache
+		return false
+	}
+	defer b.mu.Unlock()
+	if !b.open.Load() {
+		return true
+	}
+	if time.Now().Before(b.until) {
+		return false
+	}
+	if err := b.probe(); isTransportErr(err) {
+		b.reopen()
+		return false
+	}
+	if b.recover != nil {
+		if err := b.recover(); err != nil {
+			b.reopen()
+			return false
+		}
+	}
+	b.bad.Store(0)
+	b.cooldown = b.base
+	b.open.Store(false)
+	return true
+}
+
+// reopen extends an open breaker after a failed probe. b.mu is held.
+func (b *breaker) reopen() {
+	b.cooldown = min(2*b.cooldown, 30*time.Second)
+	b.until = time.Now().Add(b.cooldown)
+}
+
+// record notes the outcome of one cache call. Successes only reset the
+// failure count of a closed breaker; an open one closes in allowRead.
+func (b *breaker) record(err error) {
+	if !isTransportErr(err) {
+		if b.bad.Load() != 0 && !b.open.Load() {
+			b.bad.Store(0)
+		}
+		return
+	}
+	if int(b.bad.Add(1)) < b.threshold || b.open.Load() {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.open.Load() {
+		b.until = time.Now().Add(b.cooldown)
+		b.open.Store(true)
+	}
+}
+
+// isTransportErr reports whether err means the cache could not be reached,
+// as opposed to an answer (a miss, a conflict, a refused store).
+func isTransportErr(err error) bool {
+	switch {
+	case err == nil,
+		errors.Is(err, memcache.ErrCacheMiss),
+		errors.Is(err, memcache.ErrCASConflict),
+		errors.Is(err, memcache.ErrNotStored),
+		errors.Is(err, memcache.ErrMalformedKey),
+		errors.Is(err, memcache.ErrServerError):
+		return false
+	}
+	return true
+}
+
+// guarded is a Cache that reports every call's outcome to a breaker.
+type guarded struct {
+	Cache
+	b *breaker
+}
+
+func (g guarded) Get(key string) (*memcache.Item, error) {
+	it, err := g.Cache.Get(key)
+	g.b.record(err)
+	return it, err
+}
+
+func (g guarded) GetMulti(keys []string) (map[string]*memcache.Item, error) {
+	m, err := g.Cache.GetMulti(keys)
+	g.b.record(err)
+	return m, err
+}
+
+func (g guarded) Add(it *memcache.Item) error { return g.rec(g.Cache.Add(it)) }
+
+func (g guarded) Set(it *memcache.Item) error { return g.rec(g.Cache.Set(it)) }
+
+func (g guarded) CompareAndSwap(it *memcache.Item) error { return g.rec(g.Cache.CompareAndSwap(it)) }
+
+func (g guarded) Delete(key string) error { return g.rec(g.Cache.Delete(key)) }
+
+func (g guarded) Increment(key string, delta uint64) (uint64, error) {
+	n, err := g.Cache.Increment(key, delta)
+	g.b.record(err)
+	return n, err
+}
+
+func (g guarded) rec(err error) error {
+	g.b.record(err)
+	return err
+}
