@@ -31,8 +31,12 @@
 // Writers out of order. With a Version column (a bigint with a sequence
 // DEFAULT, set to DEFAULT by every write) the cache never goes back to an
 // older version: a write reads the cached version and installs its own only
-// if it is newer, by CAS (or Add on a miss), retried up to
-// Options.CASRetries; if that fails the key is deleted. Without a Version
+// if it is newer, by CAS, retried up to Options.CASRetries; if that fails
+// the key is deleted. A write deletes a lease it finds (the filler's read
+// may be older than the write) and leaves a missing key missing: creating
+// entries is left to fills, because an Add could bring back an older
+// version after a newer one was evicted. So write-through keeps every cached
+// copy current, and a row is cached by its first read. Without a Version
 // column every write deletes the key, and the lease guards the next fill.
 //
 // Deletes. With a Version column, a delete leaves a tombstone carrying the

@@ -99,6 +99,12 @@ func TestWritesGoThroughToTheCache(t *testing.T) {
 			t.Fatalf("get went to the database: the write did not go through to the cache")
 		}
 	}
+	// Write-through keeps cached copies current but never creates them (an
+	// Add could resurrect an older version after an eviction): the first
+	// read fills, and from then on every write goes through to the cache.
+	if _, err := s.Get(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
 	mustGet(ins)
 
 	upd, err := s.Update(ctx, 7, func(p *Product) error { p.PriceCents = 2000; p.Name = "saw (sale)"; return nil })

@@ -10,7 +10,7 @@ import (
 
 // Insert inserts v (every column but Version, which takes its DEFAULT) and
 // returns the row as stored (INSERT ... RETURNING), after writing it through
-// to the cache.
+// to the cache (replacing a cached "not found").
 func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
 	row, err := s.writeRow(ctx, s.db, runNow, s.w.insert, &v)
 	if err != nil {
@@ -172,50 +172,54 @@ func (s *Store[T, K]) writeThrough(key string, v *T, version int64) bool {
 	return s.putVersioned(key, value, flags, s.expiry(ttl, true), version)
 }
 
-// putVersioned installs an envelope (value or absent, of row version
-// version) unless the cache already holds the same or a newer state: gets,
-// compare, then CAS (or Add on a miss), retried up to CASRetries. A lease is
-// always replaced, which makes its filler's CAS fail. If the loop fails, the
-// key is deleted so no stale value stays, and the failure is reported. It
-// reports whether the new state (or a newer one) is in the cache.
+// putVersioned brings one key up to a new state (value or absent, of row
+// version version) without ever moving it backwards:
+//
+//   - a miss stays a miss: nothing cached means nothing stale, and the next
+//     read fills under a lease. (An Add here could install an older version
+//     after a newer one was evicted.)
+//   - a lease is deleted, so the filler's CAS fails: its read may be older
+//     or newer than ours, and we cannot tell which.
+//   - a cached state as new as ours or newer is kept.
+//   - an older one is replaced by CAS, retried up to CASRetries.
+//
+// If the loop fails, the key is deleted so no stale value stays, and the
+// failure is reported. It reports whether the cache holds nothing older
+// than the write.
 func (s *core) putVersioned(key string, value []byte, flags uint32, exp int32, version int64) bool {
 	deleted := kind(flags&0xff) == kindAbsent
 	for try := 0; try < s.opt.CASRetries; try++ {
 		it, err := s.cache.Get(key)
 		if isMiss(err) {
-			err = s.cache.Add(&memcache.Item{Key: key, Value: value, Flags: flags, Expiration: exp})
-			if err == nil {
-				return true
-			}
-			if isLost(err) {
-				s.stats.casConflicts.Add(1)
-				continue
-			}
+			return true
 		}
 		if err != nil {
 			s.cacheErr("write", key, err)
-			s.invalidate(key)
-			return false
+			return s.invalidate(key)
 		}
-		if k, ver, _, ok := openEnvelope(it.Flags, it.Value); ok && k != kindLease && newer(ver, k == kindAbsent, version, deleted) {
-			return true // the cache already holds this state or a newer one
+		k, ver, _, ok := openEnvelope(it.Flags, it.Value)
+		if !ok || k == kindLease {
+			return s.invalidate(key)
+		}
+		if newer(ver, k == kindAbsent, version, deleted) {
+			return true
 		}
 		it.Value, it.Flags, it.Expiration = value, flags, exp
 		err = s.cache.CompareAndSwap(it)
 		switch {
 		case err == nil:
 			return true
+		case isMiss(err) || errors.Is(err, memcache.ErrNotStored):
+			return true // evicted meanwhile: nothing stale left
 		case isLost(err):
 			s.stats.casConflicts.Add(1)
 		default:
 			s.cacheErr("write", key, err)
-			s.invalidate(key)
-			return false
+			return s.invalidate(key)
 		}
 	}
 	s.cacheErr("write", key, ErrRetriesExhausted)
-	s.invalidate(key)
-	return false
+	return s.invalidate(key)
 }
 
 // newer reports whether a cached state (version, deleted) is at least as new
