@@ -15,9 +15,10 @@ import (
 // generation tracks a table's key generation. Every key carries it; bumping
 // it (InvalidateAll) makes every earlier key unreachable at once, in every
 // process, within GenerationRefresh. The counter lives in memcached under its
-// own key. If that key is evicted it restarts from the current Unix time in
-// nanoseconds, which is above any generation handed out before, so an old
-// generation (and its stale keys) never comes back.
+// own key, starting at 0. If that key is lost (a restart, an eviction) it
+// comes back as 0: a restart loses the rows too, so nothing changes, and
+// processes never split between two generations because of it. The one
+// exception is documented on InvalidateAll.
 type generation struct {
 	base    cachekeys.Builder // generation 0
 	key     string
@@ -66,7 +67,7 @@ func (g *generation) read(c *core) *genState {
 	for try := 0; try < 3; try++ {
 		it, err := c.cache.Get(g.key)
 		if isMiss(err) {
-			err = c.cache.Add(&memcache.Item{Key: g.key, Value: []byte(strconv.FormatInt(now.UnixNano(), 10))})
+			err = c.cache.Add(&memcache.Item{Key: g.key, Value: []byte("0")})
 			if err == nil || isLost(err) {
 				continue
 			}
@@ -96,9 +97,8 @@ func (g *generation) bump(c *core) error {
 		if !isMiss(err) {
 			return err
 		}
-		// Missing (never read, or evicted): a fresh time-based generation is
-		// newer than every earlier one.
-		if err := c.cache.Set(&memcache.Item{Key: g.key, Value: []byte(strconv.FormatInt(time.Now().UnixNano(), 10))}); err != nil {
+		// Missing (never read, or lost): start again above 0, the default.
+		if err := c.cache.Set(&memcache.Item{Key: g.key, Value: []byte("1")}); err != nil {
 			return err
 		}
 	}
@@ -110,7 +110,11 @@ func (g *generation) bump(c *core) error {
 // after a bulk change made outside the store. This process sees the new
 // generation at once; other processes see it within Options.GenerationRefresh,
 // and until then may still serve rows cached before the call. Old keys expire
-// by their TTL.
+// by their TTL. The generation lives in memcached: if its key alone is
+// evicted while rows cached before the call are still there, the generation
+// falls back to 0 and those rows could be served again, so prefer
+// InvalidateAll for rare bulk changes and a short TTL for tables changed
+// outside the stores.
 func (s *Store[T, K]) InvalidateAll(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return &OpError{Op: "invalidate all", Table: s.t.name, Err: err}

@@ -178,30 +178,40 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 type loaded[T any] struct {
 	v     T
 	found bool
+	at    time.Time // when the value was read (database query or cache get)
 }
 
 // load collapses concurrent misses of key in this process into one fill. A
 // caller whose ctx ends stops waiting; the shared load goes on for the others,
-// bounded by LeaseTTL.
+// bounded by LeaseTTL. A caller only takes a shared result that was read
+// after the caller began: a load that read before then could miss a write
+// acknowledged in between, so the caller takes the next load instead (at
+// most one more).
 func (s *Store[T, K]) load(ctx context.Context, k K, key string) (T, error) {
-	ch := s.group.DoChan(key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.LeaseTTL)
-		defer cancel()
-		return s.fill(lctx, k, key)
-	})
+	called := time.Now()
 	var zero T
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return zero, s.opErr("get", k, r.Err)
+	for {
+		ch := s.group.DoChan(key, func() (any, error) {
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.LeaseTTL)
+			defer cancel()
+			return s.fill(lctx, k, key)
+		})
+		select {
+		case r := <-ch:
+			if r.Err != nil {
+				return zero, s.opErr("get", k, r.Err)
+			}
+			l := r.Val.(*loaded[T])
+			if l.at.Before(called) {
+				continue
+			}
+			if !l.found {
+				return zero, s.opErr("get", k, ErrNotFound)
+			}
+			return l.v, nil
+		case <-ctx.Done():
+			return zero, s.opErr("get", k, ctx.Err())
 		}
-		l := r.Val.(*loaded[T])
-		if !l.found {
-			return zero, s.opErr("get", k, ErrNotFound)
-		}
-		return l.v, nil
-	case <-ctx.Done():
-		return zero, s.opErr("get", k, ctx.Err())
 	}
 }
 
@@ -222,6 +232,7 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 		}
 		// Someone else's value, tombstone or lease is there.
 		for {
+			at := time.Now()
 			it, err := s.cache.Get(key)
 			if isMiss(err) {
 				break // gone (filled and evicted, or released): try the lease again
@@ -230,7 +241,7 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 				s.cacheErr("get", key, err)
 				return s.selectOne(ctx, k)
 			}
-			l := &loaded[T]{}
+			l := &loaded[T]{at: at}
 			d := s.open(it, &l.v)
 			switch d.kind {
 			case kindValue:
@@ -287,15 +298,16 @@ func (s *Store[T, K]) readAndFill(ctx context.Context, k K, key string, token ui
 // selectOne reads one row from the database, without the cache.
 func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 	s.stats.dbReads.Add(1)
+	at := time.Now()
 	rows, _ := s.db.Query(ctx, s.t.selectOne, s.t.keyArgs(k)...)
 	v, err := pgx.CollectOneRow(rows, s.t.scan)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return &loaded[T]{}, nil
+		return &loaded[T]{at: at}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &loaded[T]{v: v, found: true}, nil
+	return &loaded[T]{v: v, found: true, at: at}, nil
 }
 
 // readDB serves a Get from the database alone (the cache failed).
