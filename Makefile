@@ -7,7 +7,7 @@ GO ?= go
 FUZZTIME ?= 20s
 MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached
 
-.PHONY: test vet bench fuzz check-memcached
+.PHONY: test vet bench fuzz check-memcached demo demo-full check-go
 
 ## test: run all tests with the race detector (installs memcached if missing and root)
 test: check-memcached
@@ -40,4 +40,14 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzKey$$' -fuzztime=$(FUZZTIME) ./cachekeys
 	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./internal/codec
 
-# demo: to be added later (runs the example against scripts/servers.sh).
+## demo: the retail example end to end at quick scale (187,000 stock rows): throwaway
+## Postgres + memcached, migrate, seed, warm, load with the cache on and off, report
+demo: check-go
+	bash scripts/demo.sh quick
+
+## demo-full: the same at full scale (1,870,000 stock rows; a few minutes)
+demo-full: check-go
+	bash scripts/demo.sh full
+
+check-go:
+	@command -v $(GO) >/dev/null 2>&1 || { echo "Go is not installed (need Go 1.26: https://go.dev/dl/)"; exit 1; }

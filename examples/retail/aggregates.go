@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/cachedrepo/cachedrepo/repo"
+)
+
+// errUnavailable is answered with 501; kept for endpoints a build may leave
+// out.
+var errUnavailable = errors.New("not available in this build")
+
+// entry is one leaderboard row as the API returns it.
+type entry struct {
+	Player string `json:"player"`
+	Score  int64  `json:"score"`
+	Rank   int64  `json:"rank"`
+}
+
+// Leaderboard sizes: Top serves up to topSize entries from the cache.
+const topSize = 100
+
+// aggregates holds the visitors counter and the game leaderboard, both
+// kept in the cache with CAS loops by the library (tables counters and
+// scores, migration 000002).
+type aggregates struct {
+	cache    repo.Cache
+	counter  *repo.Counter
+	scores   *repo.Leaderboard
+	maxTopIn int
+}
+
+func newAggregates(db repo.DB, cache repo.Cache, opts *repo.Options) (*aggregates, error) {
+	c, err := repo.NewCounter(db, cache, opts)
+	if err != nil {
+		return nil, err
+	}
+	lb, err := repo.NewLeaderboard(db, cache, repo.LeaderboardConfig{Size: topSize}, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &aggregates{cache: cache, counter: c, scores: lb, maxTopIn: lb.Size()}, nil
+}
+
+func (a *aggregates) visit(ctx context.Context) (int64, error) {
+	return a.counter.Add(ctx, visitorsCounter, 1)
+}
+
+func (a *aggregates) visits(ctx context.Context) (int64, error) {
+	return a.counter.Get(ctx, visitorsCounter)
+}
+
+func (a *aggregates) submit(ctx context.Context, board, player string, score int64) error {
+	return a.scores.Submit(ctx, board, player, score)
+}
+
+func (a *aggregates) top(ctx context.Context, board string, n int) ([]entry, error) {
+	if n > a.maxTopIn {
+		return nil, badf("n=%d: at most %d", n, a.maxTopIn)
+	}
+	es, err := a.scores.Top(ctx, board, n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]entry, len(es))
+	for i, e := range es {
+		out[i] = entry(e)
+	}
+	return out, nil
+}
+
+func (a *aggregates) rank(ctx context.Context, board, player string) (entry, error) {
+	e, err := a.scores.Rank(ctx, board, player)
+	return entry(e), err
+}
+
+func (a *aggregates) stats() map[string]repo.Stats {
+	return map[string]repo.Stats{"counter": a.counter.Stats(), "leaderboard": a.scores.Stats()}
+}
+
+// seed resets the visitors counter to 42 (the article's example: two visits
+// later it reads 44) and fills the load test's board with
+// leaderboardPlayers players. It writes the tables directly and then
+// deletes the cached counter and list, which the next read rebuilds.
+func (a *aggregates) seed(ctx context.Context, pool *pgxpool.Pool, out io.Writer) error {
+	if _, err := pool.Exec(ctx, `INSERT INTO counters (name, value) VALUES ($1, 42)
+		ON CONFLICT (name) DO UPDATE SET value = 42, version = DEFAULT`, visitorsCounter); err != nil {
+		return fmt.Errorf("seeding the visitors counter: %w", err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM scores WHERE board = $1`, loadBoard); err != nil {
+		return fmt.Errorf("emptying board %s: %w", loadBoard, err)
+	}
+	i := 0
+	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"scores"}, []string{"board", "player", "score"},
+		pgx.CopyFromFunc(func() ([]any, error) {
+			if i == leaderboardPlayers {
+				return nil, nil
+			}
+			i++
+			return []any{loadBoard, playerName(uint64(i - 1)), int64(quantity(int64(i), 7)) * 1000}, nil
+		})); err != nil {
+		return fmt.Errorf("seeding board %s: %w", loadBoard, err)
+	}
+	// Both aggregates changed behind the library's back: drop their cached
+	// state so the next read loads it from the tables. A failed delete is
+	// reported; the values expire by their TTL anyway.
+	if err := a.dropCached(ctx); err != nil {
+		fmt.Fprintf(out, "seed: warning: %v\n", err)
+	}
+	fmt.Fprintf(out, "seed: visitors counter = 42, board %q with %d players\n", loadBoard, leaderboardPlayers)
+	return nil
+}
+
+// dropCached brings the cache in line after seed's direct writes: a counter
+// Add of 0 bumps the row version and writes the value through; the board's
+// cached list is deleted, to be rebuilt under a lease by the next Top.
+func (a *aggregates) dropCached(ctx context.Context) error {
+	if _, err := a.counter.Add(ctx, visitorsCounter, 0); err != nil {
+		return fmt.Errorf("refreshing the cached counter: %w", err)
+	}
+	if err := a.cache.Delete(a.scores.Key(loadBoard)); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+		return fmt.Errorf("deleting the cached top list of %s: %w", loadBoard, err)
+	}
+	return nil
+}

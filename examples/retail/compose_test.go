@@ -1,0 +1,205 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// There is no Docker engine on the machines this is developed on, so this
+// test checks docker-compose.yml and the Dockerfile against the service's
+// configuration instead of running them. It needs no servers.
+
+type composeFile struct {
+	Services map[string]composeService `yaml:"services"`
+}
+
+type composeService struct {
+	Image       string            `yaml:"image"`
+	Build       *composeBuild     `yaml:"build"`
+	Command     []string          `yaml:"command"`
+	Entrypoint  []string          `yaml:"entrypoint"`
+	Environment map[string]string `yaml:"environment"`
+	Ports       []string          `yaml:"ports"`
+	DependsOn   map[string]struct {
+		Condition string `yaml:"condition"`
+	} `yaml:"depends_on"`
+	Healthcheck *struct {
+		Test []string `yaml:"test"`
+	} `yaml:"healthcheck"`
+}
+
+type composeBuild struct {
+	Context    string `yaml:"context"`
+	Dockerfile string `yaml:"dockerfile"`
+}
+
+func readCompose(t *testing.T) (composeFile, string) {
+	t.Helper()
+	root := filepath.Join("..", "..")
+	b, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c composeFile
+	if err := yaml.Unmarshal(b, &c); err != nil { // also resolves the x-retail-env anchor
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return c, root
+}
+
+func TestComposeServices(t *testing.T) {
+	c, _ := readCompose(t)
+	for _, name := range []string{"postgres", "memcached", "setup", "retail"} {
+		if _, ok := c.Services[name]; !ok {
+			t.Errorf("service %q missing", name)
+		}
+	}
+	for name, s := range c.Services {
+		if s.Image == "" && s.Build == nil {
+			t.Errorf("service %q has neither image nor build", name)
+		}
+	}
+	if img := c.Services["postgres"].Image; !strings.HasPrefix(img, "postgres:15") {
+		t.Errorf("postgres image %q: want postgres:15 (the version the tests run against)", img)
+	}
+	if img := c.Services["memcached"].Image; !strings.HasPrefix(img, "memcached:1.6") {
+		t.Errorf("memcached image %q: want memcached:1.6", img)
+	}
+	for _, name := range []string{"postgres", "memcached", "retail"} {
+		if hc := c.Services[name].Healthcheck; hc == nil || len(hc.Test) < 2 {
+			t.Errorf("service %q has no healthcheck", name)
+		}
+	}
+	if hc := c.Services["retail"].Healthcheck; hc != nil && !slices.Contains(hc.Test, "healthcheck") {
+		t.Errorf("retail healthcheck %v: want the binary's healthcheck command", hc.Test)
+	}
+}
+
+func TestComposeDependencies(t *testing.T) {
+	c, _ := readCompose(t)
+	want := map[string]map[string]string{
+		"setup":  {"postgres": "service_healthy", "memcached": "service_healthy"},
+		"retail": {"postgres": "service_healthy", "memcached": "service_healthy", "setup": "service_completed_successfully"},
+	}
+	for svc, deps := range want {
+		for dep, cond := range deps {
+			got, ok := c.Services[svc].DependsOn[dep]
+			if !ok {
+				t.Errorf("%s does not depend on %s", svc, dep)
+			} else if got.Condition != cond {
+				t.Errorf("%s depends on %s with condition %q, want %q", svc, dep, got.Condition, cond)
+			}
+		}
+	}
+}
+
+// TestComposeEnvironment checks that the service and the setup job set every
+// variable config reads, with values config accepts, pointing at the compose
+// services and ports.
+func TestComposeEnvironment(t *testing.T) {
+	c, _ := readCompose(t)
+	for _, name := range []string{"retail", "setup"} {
+		env := c.Services[name].Environment
+		for k := range configEnv() {
+			if _, ok := env[k]; !ok {
+				t.Errorf("%s: environment variable %s not set", name, k)
+			}
+		}
+		for k := range env {
+			if _, ok := configEnv()[k]; !ok {
+				t.Errorf("%s: sets %s, which the service does not read", name, k)
+			}
+		}
+		cfg, err := loadConfig(func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !strings.Contains(cfg.DatabaseURL, "@postgres:5432/") {
+			t.Errorf("%s: DATABASE_URL %q does not point at the postgres service", name, cfg.DatabaseURL)
+		}
+		pg := c.Services["postgres"].Environment
+		for _, part := range []string{pg["POSTGRES_USER"] + ":" + pg["POSTGRES_PASSWORD"] + "@", "/" + pg["POSTGRES_DB"] + "?"} {
+			if !strings.Contains(cfg.DatabaseURL, part) {
+				t.Errorf("%s: DATABASE_URL %q does not match the postgres service's user, password and database", name, cfg.DatabaseURL)
+			}
+		}
+		if !slices.Equal(cfg.MemcachedAddrs, []string{"memcached:11211"}) {
+			t.Errorf("%s: MEMCACHED_ADDR %v: want memcached:11211", name, cfg.MemcachedAddrs)
+		}
+		if !cfg.Cache {
+			t.Errorf("%s: CACHE is off", name)
+		}
+	}
+	env := c.Services["retail"].Environment
+	_, port, _ := strings.Cut(env[envHTTPAddr], ":")
+	if !slices.Contains(c.Services["retail"].Ports, port+":"+port) {
+		t.Errorf("retail ports %v do not publish HTTP_ADDR's port %s", c.Services["retail"].Ports, port)
+	}
+}
+
+// TestComposeMigrations checks that the schema is applied before the service
+// serves: by the setup job, and by the service itself (MIGRATE_ON_START).
+func TestComposeMigrations(t *testing.T) {
+	c, _ := readCompose(t)
+	setup := strings.Join(append(c.Services["setup"].Entrypoint, c.Services["setup"].Command...), " ")
+	if !regexp.MustCompile(`retail migrate\b`).MatchString(setup) {
+		t.Errorf("setup %q does not run retail migrate", setup)
+	}
+	for _, step := range []string{"migrate", "seed", "warm"} {
+		if !strings.Contains(setup, "/retail "+step) {
+			t.Errorf("setup %q does not run %s", setup, step)
+		}
+	}
+	if i, j := strings.Index(setup, "migrate"), strings.Index(setup, "seed"); i > j {
+		t.Errorf("setup %q seeds before migrating", setup)
+	}
+	cfg, err := loadConfig(func(k string) string { return c.Services["retail"].Environment[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.MigrateOnStart {
+		t.Errorf("retail: MIGRATE_ON_START is not true")
+	}
+	if cmd := c.Services["retail"].Command; !slices.Equal(cmd, []string{"serve"}) {
+		t.Errorf("retail command %v: want [serve]", cmd)
+	}
+}
+
+// TestDockerfile checks that the services build this package's main from the
+// repository root, and the image's entrypoint is that binary.
+func TestDockerfile(t *testing.T) {
+	c, root := readCompose(t)
+	for _, name := range []string{"setup", "retail"} {
+		b := c.Services[name].Build
+		if b == nil {
+			t.Fatalf("%s has no build section", name)
+		}
+		if filepath.Clean(b.Context) != "." {
+			t.Errorf("%s build context %q: want . (the module root, for go.mod)", name, b.Context)
+		}
+		df, err := os.ReadFile(filepath.Join(root, b.Context, b.Dockerfile))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		s := string(df)
+		for _, want := range []string{"go build", "./examples/retail", "COPY go.mod go.sum", `ENTRYPOINT ["/retail"]`} {
+			if !strings.Contains(s, want) {
+				t.Errorf("%s does not contain %q", b.Dockerfile, want)
+			}
+		}
+		if m := regexp.MustCompile(`FROM golang:(1\.\d+)`).FindStringSubmatch(s); m == nil {
+			t.Errorf("%s: no golang build stage", b.Dockerfile)
+		} else if gomod, _ := os.ReadFile(filepath.Join(root, "go.mod")); !regexp.MustCompile(`(?m)^go ` + regexp.QuoteMeta(m[1]) + `(\.\d+)?$`).Match(gomod) {
+			t.Errorf("%s builds with Go %s, but go.mod asks for another version", b.Dockerfile, m[1])
+		}
+	}
+	if _, err := os.Stat("main.go"); err != nil {
+		t.Errorf("the Dockerfile builds ./examples/retail, but this package has no main.go: %v", err)
+	}
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The environment variables the service reads, all in one place: config
+// parses them, and compose_test.go checks that docker-compose.yml sets every
+// required one on the service.
+const (
+	envDatabaseURL    = "DATABASE_URL"     // required: postgres://user:pass@host:port/db?sslmode=disable
+	envMemcachedAddr  = "MEMCACHED_ADDR"   // host:port[,host:port...]; default 127.0.0.1:11211
+	envHTTPAddr       = "HTTP_ADDR"        // listen address of serve; default :8080
+	envCache          = "CACHE"            // on|off; default on
+	envCacheNamespace = "CACHE_NAMESPACE"  // memcached key namespace; default retail
+	envCacheTTL       = "CACHE_TTL"        // Go duration; default 1h
+	envDBMaxConns     = "DB_MAX_CONNS"     // pgx pool size; default 32
+	envMigrateOnStart = "MIGRATE_ON_START" // true: serve applies migrations first; default false
+)
+
+// configEnv lists every variable config reads, with whether the service needs
+// it set (required) or has a usable default.
+func configEnv() map[string]bool {
+	return map[string]bool{
+		envDatabaseURL:    true,
+		envMemcachedAddr:  false,
+		envHTTPAddr:       false,
+		envCache:          false,
+		envCacheNamespace: false,
+		envCacheTTL:       false,
+		envDBMaxConns:     false,
+		envMigrateOnStart: false,
+	}
+}
+
+// config is the service's configuration, read from the environment by
+// loadConfig. Every subcommand uses the same one.
+type config struct {
+	DatabaseURL    string
+	MemcachedAddrs []string
+	HTTPAddr       string
+	Cache          bool // false: CACHE=off, every read goes to Postgres
+	Namespace      string
+	CacheTTL       time.Duration
+	DBMaxConns     int32
+	MigrateOnStart bool
+}
+
+// loadConfig reads the configuration with getenv (os.Getenv in main, a map in
+// tests) and reports every bad value at once.
+func loadConfig(getenv func(string) string) (config, error) {
+	c := config{
+		DatabaseURL:    getenv(envDatabaseURL),
+		MemcachedAddrs: []string{"127.0.0.1:11211"},
+		HTTPAddr:       ":8080",
+		Cache:          true,
+		Namespace:      "retail",
+		CacheTTL:       time.Hour,
+		DBMaxConns:     32,
+	}
+	var errs []string
+	if c.DatabaseURL == "" {
+		errs = append(errs, envDatabaseURL+" is not set (e.g. postgres://postgres@127.0.0.1:5432/retail?sslmode=disable)")
+	}
+	if v := getenv(envMemcachedAddr); v != "" {
+		c.MemcachedAddrs = nil
+		for _, a := range strings.Split(v, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				c.MemcachedAddrs = append(c.MemcachedAddrs, a)
+			}
+		}
+		if len(c.MemcachedAddrs) == 0 {
+			errs = append(errs, envMemcachedAddr+" lists no address")
+		}
+	}
+	if v := getenv(envHTTPAddr); v != "" {
+		c.HTTPAddr = v
+	}
+	switch v := strings.ToLower(getenv(envCache)); v {
+	case "", "on", "true", "1":
+	case "off", "false", "0":
+		c.Cache = false
+	default:
+		errs = append(errs, fmt.Sprintf("%s=%q: want on or off", envCache, v))
+	}
+	if v := getenv(envCacheNamespace); v != "" {
+		c.Namespace = v
+	}
+	if v := getenv(envCacheTTL); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a positive duration such as 1h", envCacheTTL, v))
+		}
+		c.CacheTTL = d
+	}
+	if v := getenv(envDBMaxConns); v != "" {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 1 {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a positive integer", envDBMaxConns, v))
+		}
+		c.DBMaxConns = int32(n)
+	}
+	if v := getenv(envMigrateOnStart); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q: want true or false", envMigrateOnStart, v))
+		}
+		c.MigrateOnStart = b
+	}
+	if len(errs) > 0 {
+		return c, fmt.Errorf("configuration: %s", strings.Join(errs, "; "))
+	}
+	return c, nil
+}
+
+// environ is os.Getenv, named for the call sites.
+func environ(k string) string { return os.Getenv(k) }

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS scores;
+DROP TABLE IF EXISTS counters;

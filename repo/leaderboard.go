@@ -1,0 +1,686 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/cachedrepo/cachedrepo/cachekeys"
+)
+
+// LeaderboardConfig configures a Leaderboard. The zero value gives the
+// documented defaults.
+type LeaderboardConfig struct {
+	// Table is the scores table, optionally schema-qualified. It needs the
+	// columns board (text), player (text COLLATE "C", so that ORDER BY player
+	// is byte order, the order of Go strings), score (bigint) and version
+	// (bigint with an identity or sequence default), the primary key
+	// (board, player) and an index on (board, score DESC, player).
+	// Default "scores" (created by migration 000002).
+	Table string
+
+	// Size is the longest top list served from the cache: Top's n may be at
+	// most Size. Default 100.
+	Size int
+
+	// Slack is how many entries beyond Size the cached list keeps, so that
+	// that many players can fall out of it before it must be rebuilt.
+	// Default Size/5; negative means none.
+	Slack int
+
+	// LocalTTL, if positive, lets Top and Rank answer from the list this
+	// process last read from memcached (or rebuilt) for up to LocalTTL after
+	// reading it, without a round trip: they may then miss changes made by
+	// other processes during that time. Submit and Remove forget this
+	// process's copy of their board after their cache step, so the next Top
+	// in this process sees the change (unless a Top running concurrently
+	// re-read the older list, which then lives at most LocalTTL). Default 0:
+	// every call reads memcached.
+	LocalTTL time.Duration
+}
+
+// Entry is one player's place on a board. Rank is 1-based; ties in score
+// are broken by player id, ascending (byte order).
+type Entry struct {
+	Player string
+	Score  int64
+	Rank   int64
+}
+
+// Leaderboard keeps players' scores on many boards in a table and each
+// board's top list in the cache.
+//
+// The cached list of a board holds its first Size+Slack entries in the order
+// score DESC, player ASC, each with the version of its scores row, and a
+// flag telling whether it holds every player of the board ("complete").
+// Every present list is exact: it equals the first entries of
+// ORDER BY score DESC, player at some moment. Submit and Remove change the
+// row (INSERT ... ON CONFLICT DO UPDATE or DELETE, RETURNING the row
+// version), then update the list by gets -> modify -> CompareAndSwap,
+// retried with jittered backoff up to Options.CASRetries times:
+//
+//   - an entry is only replaced by a newer row version, so an update that
+//     reaches the cache late never overwrites a newer score;
+//   - a player who falls below the last entry leaves the list (the rest is
+//     still exact); if that leaves an incomplete list shorter than Size, it
+//     is deleted;
+//   - a player not in the list who scores above its last entry (or any
+//     player, for a complete list) is inserted; the tail beyond Size+Slack
+//     is cut. Because a stale update of a player outside the list cannot be
+//     recognised by the list alone, the inserter re-reads the row's version
+//     after its CAS and deletes the list if the row changed meanwhile;
+//   - when retries run out, the list is corrupt or too large, it is deleted.
+//
+// A deleted, evicted or lost (memcached restart) list is rebuilt by the next
+// Top or Rank under a lease: a placeholder is added, the first Size+Slack+1
+// rows are read, and the list replaces the placeholder only if it is still
+// the same one. A Submit or Remove that finds a placeholder deletes it, so a
+// rebuild that read the table before that change cannot install its list.
+//
+// Guarantee: once Submits and Removes stop (quiescence) and their cache
+// steps have run, every cached list equals ORDER BY score DESC, player over
+// the table, so Top(n) equals ... LIMIT n. While they run, Top may briefly
+// return a list that misses the latest changes, or in a race (a delayed
+// update inserted, then found stale) an earlier score of a player. As for
+// Store, a process that dies between its commit and its cache step, or a
+// cache that stays unreachable, can leave the list stale until it expires
+// (Options.TTL).
+//
+// A Leaderboard is safe for concurrent use.
+type Leaderboard struct {
+	core
+	db       DB
+	table    string
+	size     int
+	capacity int // Size + Slack
+	localTTL time.Duration
+	keys     cachekeys.Builder
+	group    singleflight.Group
+	seed     maphash.Seed
+	memo     [64]atomic.Pointer[lbMemo] // decoded lists by key hash, reused while the bytes are unchanged
+
+	submitSQL, removeSQL, versionSQL, topSQL, rankSQL string
+}
+
+// NewLeaderboard returns a Leaderboard over cfg.Table; opts may be nil. It
+// checks the configuration and does not touch the database.
+func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*Leaderboard, error) {
+	if db == nil || cache == nil {
+		return nil, errors.New("repo: NewLeaderboard needs a DB and a Cache")
+	}
+	if cfg.Table == "" {
+		cfg.Table = "scores"
+	}
+	if cfg.Size == 0 {
+		cfg.Size = 100
+	}
+	if cfg.Size < 0 || cfg.Size > 100000 {
+		return nil, fmt.Errorf("repo: leaderboard %q: Size %d out of range [1, 100000]", cfg.Table, cfg.Size)
+	}
+	switch {
+	case cfg.Slack == 0:
+		cfg.Slack = cfg.Size / 5
+	case cfg.Slack < 0:
+		cfg.Slack = 0
+	case cfg.Slack > 100000:
+		return nil, fmt.Errorf("repo: leaderboard %q: Slack %d out of range", cfg.Table, cfg.Slack)
+	}
+	o := opts.withDefaults()
+	capacity := cfg.Size + cfg.Slack
+	kb, err := cachekeys.New(o.Namespace, keyName(cfg.Table), "lb1-"+strconv.Itoa(cfg.Size)+"-"+strconv.Itoa(capacity))
+	if err != nil {
+		return nil, fmt.Errorf("repo: leaderboard %q: %w", cfg.Table, err)
+	}
+	t := quoteIdent(cfg.Table)
+	return &Leaderboard{
+		core:     core{cache: cache, opt: o},
+		db:       db,
+		table:    cfg.Table,
+		size:     cfg.Size,
+		capacity: capacity,
+		localTTL: max(cfg.LocalTTL, 0),
+		keys:     kb,
+		seed:     maphash.MakeSeed(),
+		submitSQL: "INSERT INTO " + t + " AS s (board, player, score) VALUES ($1, $2, $3) ON CONFLICT (board, player)" +
+			" DO UPDATE SET score = EXCLUDED.score, version = DEFAULT RETURNING version",
+		removeSQL:  "DELETE FROM " + t + " WHERE board = $1 AND player = $2 RETURNING version",
+		versionSQL: "SELECT version FROM " + t + " WHERE board = $1 AND player = $2",
+		topSQL:     "SELECT player, score, version FROM " + t + " WHERE board = $1 ORDER BY score DESC, player LIMIT $2",
+		rankSQL: "SELECT s.score, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND" +
+			" (o.score > s.score OR (o.score = s.score AND o.player < s.player))) FROM " + t + " s" +
+			" WHERE s.board = $1 AND s.player = $2",
+	}, nil
+}
+
+// Key returns the cache key of board's list, for tests and tooling.
+func (lb *Leaderboard) Key(board string) string { return lb.keys.Key(board) }
+
+// Size returns the configured Size: the largest n Top accepts.
+func (lb *Leaderboard) Size() int { return lb.size }
+
+func (lb *Leaderboard) opErr(op, board, player string, err error) error {
+	key := board
+	if player != "" {
+		key = board + "/" + player
+	}
+	return &OpError{Op: op, Table: lb.table, Key: key, Err: err}
+}
+
+func (lb *Leaderboard) check(op, board, player string, needPlayer bool) error {
+	switch {
+	case board == "":
+		return lb.opErr(op, board, player, fmt.Errorf("%w: empty board name", ErrInvalidArgument))
+	case needPlayer && player == "":
+		return lb.opErr(op, board, player, fmt.Errorf("%w: empty player id", ErrInvalidArgument))
+	}
+	return nil
+}
+
+// Submit sets player's score on board (creating the entry, or replacing the
+// score, which may go down), commits it, then updates the cached list as the
+// type's documentation describes. It returns an error only if the database
+// write failed; cache failures are reported to Hooks.CacheError and end
+// with the list deleted. The cache step runs whatever ctx says.
+func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score int64) error {
+	if err := lb.check("submit", board, player, true); err != nil {
+		return err
+	}
+	var version int64
+	if err := lb.db.QueryRow(ctx, lb.submitSQL, board, player, score).Scan(&version); err != nil {
+		return lb.opErr("submit", board, player, err)
+	}
+	lb.apply(ctx, board, lbUpdate{e: lbEntry{player: player, score: score, version: version}})
+	return nil
+}
+
+// Remove deletes player from board and updates the cached list. It returns
+// an error wrapping ErrNotFound if the player has no score on the board.
+func (lb *Leaderboard) Remove(ctx context.Context, board, player string) error {
+	if err := lb.check("remove", board, player, true); err != nil {
+		return err
+	}
+	var version int64
+	err := lb.db.QueryRow(ctx, lb.removeSQL, board, player).Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return lb.opErr("remove", board, player, ErrNotFound)
+	}
+	if err != nil {
+		return lb.opErr("remove", board, player, err)
+	}
+	lb.apply(ctx, board, lbUpdate{e: lbEntry{player: player, version: version}, removed: true})
+	return nil
+}
+
+// Top returns the first n entries of board (fewer if the board has fewer
+// players), by score descending, ties by player id ascending, with their
+// ranks. n must be in [0, Size]. A hit is one memcached round trip; a miss
+// rebuilds the list under a lease (one indexed query) and others wait for
+// it up to LeaseWait, then query the database themselves. If the cache
+// fails, the database answers.
+func (lb *Leaderboard) Top(ctx context.Context, board string, n int) ([]Entry, error) {
+	if err := lb.check("top", board, "", false); err != nil {
+		return nil, err
+	}
+	if n < 0 || n > lb.size {
+		return nil, lb.opErr("top", board, "", fmt.Errorf("%w: n = %d, want 0 <= n <= Size (%d)", ErrInvalidArgument, n, lb.size))
+	}
+	l, err := lb.list(ctx, board)
+	if err != nil {
+		return nil, lb.opErr("top", board, "", err)
+	}
+	return l.top(n), nil
+}
+
+// Rank returns player's entry on board with its 1-based rank, or an error
+// wrapping ErrNotFound if the player has no score there. A player in the
+// cached list is answered from it; anyone else is ranked by the database
+// (one query counting the players ahead), uncached.
+func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (Entry, error) {
+	if err := lb.check("rank", board, player, true); err != nil {
+		return Entry{}, err
+	}
+	l, err := lb.list(ctx, board)
+	if err != nil {
+		return Entry{}, lb.opErr("rank", board, player, err)
+	}
+	if i := l.index(player); i >= 0 {
+		e := l.entries[i]
+		return Entry{Player: e.player, Score: e.score, Rank: int64(i) + 1}, nil
+	}
+	if l.complete {
+		return Entry{}, lb.opErr("rank", board, player, ErrNotFound)
+	}
+	lb.stats.dbReads.Add(1)
+	e := Entry{Player: player}
+	err = lb.db.QueryRow(ctx, lb.rankSQL, board, player).Scan(&e.Score, &e.Rank)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Entry{}, lb.opErr("rank", board, player, ErrNotFound)
+	}
+	if err != nil {
+		return Entry{}, lb.opErr("rank", board, player, err)
+	}
+	return e, nil
+}
+
+// Cached returns the first n entries of board's list as the cache holds it,
+// without reading the database; ok is false when there is no usable list.
+// It is meant for tests and monitoring, e.g. to check that the cached list
+// equals the database after quiescence.
+func (lb *Leaderboard) Cached(board string, n int) (entries []Entry, ok bool, err error) {
+	it, err := lb.cache.Get(lb.Key(board))
+	if isMiss(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, lb.opErr("cached", board, "", err)
+	}
+	l, ok := lb.open(it)
+	if !ok {
+		return nil, false, nil
+	}
+	return l.top(min(max(n, 0), len(l.entries))), true, nil
+}
+
+// list returns board's list: the cached one, or a rebuilt one.
+func (lb *Leaderboard) list(ctx context.Context, board string) (*lbList, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	key := lb.Key(board)
+	if lb.localTTL > 0 {
+		if m := lb.slot(key).Load(); m != nil && m.key == key && time.Since(m.at) < lb.localTTL {
+			lb.stats.hits.Add(1)
+			return m.list, nil
+		}
+	}
+	it, err := lb.cache.Get(key)
+	switch {
+	case err == nil:
+		if l, ok := lb.open(it); ok {
+			lb.stats.hits.Add(1)
+			return l, nil
+		}
+		if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
+			lb.cacheErr("decode", key, ErrCorrupt)
+			lb.invalidate(key)
+		}
+	case !isMiss(err):
+		lb.cacheErr("get", key, err)
+		return lb.read(ctx, board)
+	}
+	lb.stats.misses.Add(1)
+	ch := lb.group.DoChan(key, func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lb.opt.LeaseTTL)
+		defer cancel()
+		return lb.leased(lctx, key,
+			func(it *memcache.Item) (any, bool) { return lb.open(it) },
+			func(ctx context.Context) (any, []byte, uint32, int32, error) {
+				l, err := lb.read(ctx, board)
+				if err != nil {
+					return nil, nil, 0, 0, err
+				}
+				lb.stats.rebuilds.Add(1)
+				value := l.envelope()
+				if len(value) > lb.opt.MaxItemSize {
+					lb.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), lb.opt.MaxItemSize))
+					value = nil
+				}
+				return l, value, flagsOf(kindValue), lb.expiry(lb.opt.TTL, true), nil
+			})
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		l := r.Val.(*lbList)
+		if lb.localTTL > 0 {
+			lb.slot(key).Store(&lbMemo{key: key, list: l, at: time.Now()})
+		}
+		return l, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// read reads board's first Size+Slack entries from the database; one more
+// row tells whether that is all of them.
+func (lb *Leaderboard) read(ctx context.Context, board string) (*lbList, error) {
+	lb.stats.dbReads.Add(1)
+	rows, err := lb.db.Query(ctx, lb.topSQL, board, lb.capacity+1)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	l := &lbList{entries: make([]lbEntry, 0, lb.capacity+1)}
+	for rows.Next() {
+		var e lbEntry
+		if err := rows.Scan(&e.player, &e.score, &e.version); err != nil {
+			return nil, err
+		}
+		l.entries = append(l.entries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	l.complete = len(l.entries) <= lb.capacity
+	if !l.complete {
+		l.entries = l.entries[:lb.capacity]
+	}
+	l.view = l.top(len(l.entries))
+	return l, nil
+}
+
+// open decodes a cached list, reusing the last decode of the same bytes.
+// Lists are immutable once decoded, so sharing them is safe.
+func (lb *Leaderboard) open(it *memcache.Item) (*lbList, bool) {
+	slot := lb.slot(it.Key)
+	if m := slot.Load(); m != nil && m.key == it.Key && bytes.Equal(m.raw, it.Value) {
+		if lb.localTTL > 0 {
+			slot.Store(&lbMemo{key: m.key, raw: m.raw, list: m.list, at: time.Now()})
+		}
+		return m.list, true
+	}
+	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
+	if !ok || k != kindValue {
+		return nil, false
+	}
+	l, err := decodeList(payload)
+	if err != nil || (!l.complete && len(l.entries) < lb.size) {
+		return nil, false
+	}
+	l.view = l.top(len(l.entries))
+	slot.Store(&lbMemo{key: it.Key, raw: it.Value, list: l, at: time.Now()})
+	return l, true
+}
+
+func (lb *Leaderboard) slot(key string) *atomic.Pointer[lbMemo] {
+	return &lb.memo[maphash.String(lb.seed, key)%uint64(len(lb.memo))]
+}
+
+// forget drops this process's copy of key's list (see LocalTTL).
+func (lb *Leaderboard) forget(key string) {
+	slot := lb.slot(key)
+	if m := slot.Load(); m != nil && m.key == key {
+		slot.CompareAndSwap(m, nil)
+	}
+}
+
+// lbMemo is a decoded list: raw is the cached bytes it came from (nil for a
+// rebuilt list, usable only under LocalTTL), at when it was last read.
+type lbMemo struct {
+	key  string
+	raw  []byte
+	list *lbList
+	at   time.Time
+}
+
+// apply brings board's cached list in line with a committed change. It runs
+// after the commit, so it ignores ctx's cancellation.
+func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
+	ctx = context.WithoutCancel(ctx)
+	key := lb.Key(board)
+	defer lb.forget(key)
+	for try := 0; try < lb.opt.CASRetries; try++ {
+		if try > 0 {
+			_ = sleep(ctx, casBackoff(try-1))
+		}
+		it, err := lb.cache.Get(key)
+		if isMiss(err) {
+			return // nothing cached: the next read rebuilds
+		}
+		if err != nil {
+			lb.cacheErr("write", key, err)
+			lb.invalidate(key)
+			return
+		}
+		k, _, payload, ok := openEnvelope(it.Flags, it.Value)
+		if ok && k == kindLease {
+			// A rebuild is running and may have read the table before our
+			// commit: delete its placeholder so its install fails.
+			lb.invalidate(key)
+			return
+		}
+		var l *lbList
+		if ok && k == kindValue {
+			l, err = decodeList(payload)
+		}
+		if !ok || k != kindValue || err != nil {
+			lb.cacheErr("decode", key, ErrCorrupt)
+			lb.invalidate(key)
+			return
+		}
+		res := l.apply(u, lb.size, lb.capacity)
+		switch res {
+		case applyNone:
+			return
+		case applyDrop:
+			lb.drop(key)
+			return
+		}
+		value := l.envelope()
+		if len(value) > lb.opt.MaxItemSize {
+			lb.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), lb.opt.MaxItemSize))
+			lb.drop(key)
+			return
+		}
+		it.Value, it.Expiration = value, lb.expiry(lb.opt.TTL, true)
+		err = lb.cache.CompareAndSwap(it)
+		switch {
+		case err == nil:
+			if res == applyInserted {
+				lb.verify(ctx, board, key, u)
+			}
+			return
+		case isLost(err):
+			lb.stats.casConflicts.Add(1)
+		default:
+			lb.cacheErr("write", key, err)
+			lb.invalidate(key)
+			return
+		}
+	}
+	lb.cacheErr("write", key, ErrRetriesExhausted)
+	lb.drop(key)
+}
+
+// verify runs after an update inserted a player who was not in the list. The
+// list cannot tell a stale update of such a player from a fresh one: a
+// newer change of the same player may have reached the cache first and, its
+// player being outside the list, left it unchanged. So the row's version is
+// read after the CAS; if it is no longer u's, the list is deleted. If it is,
+// any newer change commits later and finds the player in the list.
+func (lb *Leaderboard) verify(ctx context.Context, board, key string, u lbUpdate) {
+	ctx, cancel := context.WithTimeout(ctx, lb.opt.LeaseTTL)
+	defer cancel()
+	var version int64
+	err := lb.db.QueryRow(ctx, lb.versionSQL, board, u.e.player).Scan(&version)
+	if err == nil && version == u.e.version {
+		return
+	}
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		lb.cacheErr("verify", key, err)
+	}
+	lb.drop(key)
+}
+
+// drop deletes a list that can no longer be proven right.
+func (lb *Leaderboard) drop(key string) {
+	lb.stats.drops.Add(1)
+	lb.invalidate(key)
+}
+
+// lbEntry is one cached entry: a player, a score and its row version.
+type lbEntry struct {
+	player  string
+	score   int64
+	version int64
+}
+
+// before reports whether a ranks ahead of b: higher score, then lower
+// player id.
+func before(a, b lbEntry) bool {
+	return a.score > b.score || (a.score == b.score && a.player < b.player)
+}
+
+// lbUpdate is a committed change of one player: a new score or a removal,
+// with the row version (for a removal, the deleted row's).
+type lbUpdate struct {
+	e       lbEntry
+	removed bool
+}
+
+// lbList is a board's cached list: its first entries, in order. complete
+// means it holds every player of the board. Invariant: every player not in
+// the list ranks after its last entry.
+type lbList struct {
+	complete bool
+	entries  []lbEntry
+	view     []Entry // entries as Top returns them; set on lists shared read-only
+}
+
+type applyResult int
+
+const (
+	applyNone     applyResult = iota // the list already reflects the change
+	applyChanged                     // the list changed
+	applyInserted                    // the list changed by inserting a player it did not hold
+	applyDrop                        // the list can no longer be proven right
+)
+
+// index returns player's position in the list, or -1.
+func (l *lbList) index(player string) int {
+	for i := range l.entries {
+		if l.entries[i].player == player {
+			return i
+		}
+	}
+	return -1
+}
+
+func (l *lbList) insert(e lbEntry) {
+	i := sort.Search(len(l.entries), func(i int) bool { return before(e, l.entries[i]) })
+	l.entries = slices.Insert(l.entries, i, e)
+}
+
+// apply changes the list for u, keeping its invariant, and says how.
+func (l *lbList) apply(u lbUpdate, size, capacity int) applyResult {
+	i := l.index(u.e.player)
+	if i >= 0 {
+		cur := l.entries[i]
+		if cur.version > u.e.version || (cur.version == u.e.version && !u.removed) {
+			return applyNone // the list holds this change or a newer one
+		}
+		last := l.entries[len(l.entries)-1]
+		l.entries = slices.Delete(l.entries, i, i+1)
+		// Players outside the list rank after last: the player may stay if
+		// it still ranks no later than last.
+		if !u.removed && (l.complete || !before(last, u.e)) {
+			l.insert(u.e)
+			return applyChanged
+		}
+		if !l.complete && len(l.entries) < size {
+			return applyDrop
+		}
+		return applyChanged
+	}
+	if u.removed {
+		return applyNone // it ranked after the list, or was not there
+	}
+	if !l.complete && (len(l.entries) == 0 || !before(u.e, l.entries[len(l.entries)-1])) {
+		return applyNone // it ranks after the list
+	}
+	l.insert(u.e)
+	if len(l.entries) > capacity {
+		l.entries = l.entries[:capacity]
+		l.complete = false
+	}
+	return applyInserted
+}
+
+// top returns the first n entries (n <= len) as Entries with ranks.
+func (l *lbList) top(n int) []Entry {
+	n = min(n, len(l.entries))
+	if l.view != nil {
+		return slices.Clone(l.view[:n:n])
+	}
+	out := make([]Entry, n)
+	for i, e := range l.entries[:n] {
+		out[i] = Entry{Player: e.player, Score: e.score, Rank: int64(i) + 1}
+	}
+	return out
+}
+
+// The list payload: a flags byte (bit 0: complete), the entry count, then
+// per entry the player's length and bytes, the score and the version.
+func (l *lbList) envelope() []byte {
+	b := beginEnvelope(make([]byte, 0, 16+len(l.entries)*24), 0)
+	var flags byte
+	if l.complete {
+		flags = 1
+	}
+	b = append(b, flags)
+	b = binary.AppendUvarint(b, uint64(len(l.entries)))
+	for _, e := range l.entries {
+		b = binary.AppendUvarint(b, uint64(len(e.player)))
+		b = append(b, e.player...)
+		b = binary.AppendVarint(b, e.score)
+		b = binary.AppendUvarint(b, uint64(e.version))
+	}
+	return finishEnvelope(b)
+}
+
+var errBadList = errors.New("bad list")
+
+func decodeList(p []byte) (*lbList, error) {
+	if len(p) < 2 || p[0] > 1 {
+		return nil, errBadList
+	}
+	l := &lbList{complete: p[0] == 1}
+	p = p[1:]
+	n, k := binary.Uvarint(p)
+	if k <= 0 || n > uint64(len(p)) {
+		return nil, errBadList
+	}
+	p = p[k:]
+	l.entries = make([]lbEntry, n)
+	for i := range l.entries {
+		ln, k := binary.Uvarint(p)
+		if k <= 0 || ln > uint64(len(p)-k) {
+			return nil, errBadList
+		}
+		p = p[k:]
+		e := &l.entries[i]
+		e.player = string(p[:ln])
+		p = p[ln:]
+		if e.score, k = binary.Varint(p); k <= 0 {
+			return nil, errBadList
+		}
+		p = p[k:]
+		v, k := binary.Uvarint(p)
+		if k <= 0 || v > 1<<63-1 {
+			return nil, errBadList
+		}
+		e.version = int64(v)
+		p = p[k:]
+		if i > 0 && !before(l.entries[i-1], *e) {
+			return nil, errBadList
+		}
+	}
+	if len(p) != 0 {
+		return nil, errBadList
+	}
+	return l, nil
+}

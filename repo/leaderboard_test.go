@@ -1,0 +1,503 @@
+package repo_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/cachedrepo/cachedrepo/repo"
+)
+
+func newLeaderboard(t testing.TB, db repo.DB, mc repo.Cache, cfg repo.LeaderboardConfig, o *repo.Options) *repo.Leaderboard {
+	t.Helper()
+	lb, err := repo.NewLeaderboard(db, mc, cfg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lb
+}
+
+// dbTop is the reference: ORDER BY score DESC, player LIMIT n.
+func dbTop(t testing.TB, e *env, board string, n int) []repo.Entry {
+	t.Helper()
+	rows, err := e.pool.Query(context.Background(),
+		`SELECT player, score FROM scores WHERE board = $1 ORDER BY score DESC, player LIMIT $2`, board, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := []repo.Entry{}
+	for rows.Next() {
+		en := repo.Entry{Rank: int64(len(out)) + 1}
+		if err := rows.Scan(&en.Player, &en.Score); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, en)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sameEntries(a, b []repo.Entry) bool {
+	return len(a) == len(b) && (len(a) == 0 || reflect.DeepEqual(a, b))
+}
+
+// checkBoard checks that board's cached list (if any) and Top(n) equal the
+// database; it reports whether a list was cached before Top.
+func checkBoard(t *testing.T, e *env, lb *repo.Leaderboard, board string, n int) bool {
+	t.Helper()
+	want := dbTop(t, e, board, n)
+	cached, ok, err := lb.Cached(board, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok && !sameEntries(cached, want) {
+		t.Errorf("%s: cached list\n got %v\nwant %v", board, cached, want)
+	}
+	got, err := lb.Top(context.Background(), board, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameEntries(got, want) {
+		t.Errorf("%s: Top(%d)\n got %v\nwant %v", board, n, got, want)
+	}
+	return ok
+}
+
+func TestLeaderboardBasic(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, Slack: 1}, e.opts(nil))
+	const b = "game"
+	steps := []struct {
+		player string
+		score  int64
+		remove bool
+	}{
+		{"alice", 50, false}, {"bob", 70, false}, {"carol", 60, false}, {"dave", 60, false}, // tie: carol before dave
+		{"erin", 10, false}, {"frank", 90, false}, {"bob", 20, false}, // bob drops out of the list
+		{"erin", 95, false}, {"frank", 0, true}, {"gina", 60, false}, {"alice", -5, false},
+		{"carol", 5, true}, {"dave", 61, false}, {"bob", 100, false},
+	}
+	for i, s := range steps {
+		var err error
+		if s.remove {
+			err = lb.Remove(ctx, b, s.player)
+		} else {
+			err = lb.Submit(ctx, b, s.player, s.score)
+		}
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		checkBoard(t, e, lb, b, 3)
+	}
+	want := dbTop(t, e, b, 100)
+	for _, w := range want {
+		got, err := lb.Rank(ctx, b, w.Player)
+		if err != nil || got != w {
+			t.Errorf("Rank(%s) = %v, %v; want %v", w.Player, got, err, w)
+		}
+	}
+	if _, err := lb.Rank(ctx, b, "nobody"); !errors.Is(err, repo.ErrNotFound) {
+		t.Errorf("Rank(nobody): %v, want ErrNotFound", err)
+	}
+	if err := lb.Remove(ctx, b, "nobody"); !errors.Is(err, repo.ErrNotFound) {
+		t.Errorf("Remove(nobody): %v, want ErrNotFound", err)
+	}
+	if got, err := lb.Top(ctx, "empty", 3); err != nil || len(got) != 0 {
+		t.Errorf("Top(empty) = %v, %v", got, err)
+	}
+	for name, err := range map[string]error{
+		"n < 0":        func() error { _, err := lb.Top(ctx, b, -1); return err }(),
+		"n > Size":     func() error { _, err := lb.Top(ctx, b, 4); return err }(),
+		"empty board":  func() error { _, err := lb.Top(ctx, "", 1); return err }(),
+		"empty player": lb.Submit(ctx, b, "", 1),
+		"remove empty": lb.Remove(ctx, "", "x"),
+		"rank empty":   func() error { _, err := lb.Rank(ctx, b, ""); return err }(),
+	} {
+		var op *repo.OpError
+		if !errors.Is(err, repo.ErrInvalidArgument) || !errors.As(err, &op) {
+			t.Errorf("%s: err = %v, want an *OpError wrapping ErrInvalidArgument", name, err)
+		}
+	}
+	st := lb.Stats()
+	t.Logf("stats: %+v", st)
+}
+
+// TestLeaderboardComplete: a board with fewer players than Size+Slack is
+// cached whole and stays complete as players join, until it overflows.
+func TestLeaderboardComplete(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
+	const b = "small"
+	if err := lb.Submit(ctx, b, "p1", 10); err != nil {
+		t.Fatal(err)
+	}
+	checkBoard(t, e, lb, b, 3) // builds a complete list of one
+	for i := 2; i <= 9; i++ {
+		if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i*7%10)); err != nil {
+			t.Fatal(err)
+		}
+		if !checkBoard(t, e, lb, b, 3) {
+			t.Errorf("after p%d joined, the list was not cached", i)
+		}
+		// Low scorers join a complete list: every player's rank is cached.
+		if i <= 5 {
+			got, err := lb.Rank(ctx, b, "p"+strconv.Itoa(i))
+			if err != nil || got.Player != "p"+strconv.Itoa(i) {
+				t.Errorf("Rank(p%d) = %v, %v", i, got, err)
+			}
+		}
+	}
+	if st := lb.Stats(); st.Rebuilds != 1 || st.Drops != 0 {
+		t.Errorf("rebuilds = %d, drops = %d; want 1 and 0", st.Rebuilds, st.Drops)
+	}
+}
+
+// TestLeaderboardDropOut: players falling below the list shrink it; once
+// it is shorter than Size it is deleted and rebuilt.
+func TestLeaderboardDropOut(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
+	const b = "drop"
+	for i := 1; i <= 20; i++ {
+		if err := lb.Submit(ctx, b, fmt.Sprintf("p%02d", i), int64(100+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBoard(t, e, lb, b, 3)
+	for i := 20; i >= 15; i-- { // the leaders fall to the bottom one by one
+		if err := lb.Submit(ctx, b, fmt.Sprintf("p%02d", i), int64(i)); err != nil {
+			t.Fatal(err)
+		}
+		present := checkBoard(t, e, lb, b, 3)
+		if i > 18 && !present {
+			t.Errorf("after p%02d fell out, the list (still >= Size) was dropped", i)
+		}
+	}
+	if st := lb.Stats(); st.Drops == 0 || st.Rebuilds < 2 {
+		t.Errorf("drops = %d, rebuilds = %d; want a drop and a rebuild", st.Drops, st.Rebuilds)
+	}
+}
+
+// TestLeaderboardStaleUpdate: a Submit whose cache step is delayed past a
+// newer Submit of the same player (whose score left the player outside the
+// list) must not leave its older score in the list.
+func TestLeaderboardStaleUpdate(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	hdb := &scanHookDB{DB: e.pool}
+	cfg := repo.LeaderboardConfig{Size: 2, Slack: -1}
+	slow := newLeaderboard(t, hdb, e.mc, cfg, e.opts(nil))
+	fast := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	const b = "stale"
+	for p, s := range map[string]int64{"p1": 100, "p2": 90, "p3": 80} {
+		if err := fast.Submit(ctx, b, p, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBoard(t, e, fast, b, 2) // cached: [p1 p2], incomplete
+
+	committed, release := make(chan struct{}), make(chan struct{})
+	f := func(sql string) {
+		if strings.HasPrefix(sql, "INSERT") {
+			close(committed)
+			<-release
+		}
+	}
+	hdb.after.Store(&f)
+	done := make(chan error, 1)
+	go func() { done <- slow.Submit(ctx, b, "x", 95) }()
+	<-committed
+	hdb.after.Store(nil)
+	if err := fast.Submit(ctx, b, "x", 10); err != nil { // below the list: no change to it
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if checkBoard(t, e, fast, b, 2) {
+		t.Errorf("the list holding the stale score was not dropped")
+	}
+	if st := slow.Stats(); st.Drops != 1 {
+		t.Errorf("drops = %d, want 1", st.Drops)
+	}
+}
+
+// TestLeaderboardRebuildRace: a rebuild that read the table before a
+// Submit committed must not install its list.
+func TestLeaderboardRebuildRace(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	hdb := &scanHookDB{DB: e.pool}
+	cfg := repo.LeaderboardConfig{Size: 2, Slack: 1}
+	reader := newLeaderboard(t, hdb, e.mc, cfg, e.opts(nil))
+	writer := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	const b = "race"
+	for i := 1; i <= 5; i++ {
+		if err := writer.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read, release := make(chan struct{}), make(chan struct{})
+	f := func(sql string) {
+		if strings.HasPrefix(sql, "SELECT player") {
+			close(read)
+			<-release
+		}
+	}
+	hdb.after.Store(&f)
+	done := make(chan []repo.Entry, 1)
+	go func() {
+		got, err := reader.Top(ctx, b, 2)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- got
+	}()
+	<-read // the rebuild holds the lease and has read the table
+	hdb.after.Store(nil)
+	if err := writer.Submit(ctx, b, "p1", 1000); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if got := <-done; len(got) != 2 || got[0].Player != "p5" {
+		t.Errorf("the racing Top returned %v, want what it read (p5 first)", got)
+	}
+	if _, ok, _ := writer.Cached(b, 2); ok {
+		t.Errorf("the rebuild installed a list read before the Submit")
+	}
+	checkBoard(t, e, writer, b, 2)
+}
+
+// memcachedStat returns one counter of memcached's "stats".
+func memcachedStat(t testing.TB, addr, name string) int64 {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("stats\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 1 && f[0] == "END" {
+			break
+		}
+		if len(f) == 3 && f[1] == name {
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// fillUntilEvicting sets 400-byte values until memcached at addr reports
+// an eviction, and fails the test if a bound is reached first.
+func fillUntilEvicting(t testing.TB, mc *memcache.Client, addr, prefix string) {
+	t.Helper()
+	val := make([]byte, 400)
+	for n := 0; n < 200_000; n++ {
+		if err := mc.Set(&memcache.Item{Key: fmt.Sprintf("%s:%d", prefix, n), Value: val}); err != nil {
+			t.Fatalf("filling the cache: %v", err)
+		}
+		if n%1000 == 999 && memcachedStat(t, addr, "evictions") > 0 {
+			return
+		}
+	}
+	t.Fatalf("memcached at %s evicted nothing after 200,000 sets", addr)
+}
+
+// TestLeaderboardConcurrent: several instances submit (increases,
+// decreases, removals) and read on a few boards while a filler forces
+// evictions, lists are deleted by hand and memcached restarts; after
+// quiescence every cached list and Top(N) equal the database.
+func TestLeaderboardConcurrent(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	mp, filler := privateCache(t, "-m", "2")
+	const (
+		instances, goroutines, ops = 3, 8, 60
+		boards, players, size      = 4, 40, 10
+	)
+	cfg := repo.LeaderboardConfig{Size: size, Slack: 3}
+	lbs := make([]*repo.Leaderboard, instances)
+	hooks := make([]*hookLog, instances)
+	for i := range lbs {
+		hooks[i] = &hookLog{}
+		lbs[i] = newLeaderboard(t, e.pool, newClient(t, mp.Addr()), cfg, e.opts(hooks[i]))
+	}
+	boardName := func(i int) string { return "board" + strconv.Itoa(i) }
+
+	// Fill the tiny cache until it evicts, so the run below starts under
+	// eviction pressure whatever the machine's speed.
+	fillUntilEvicting(t, filler, mp.Addr(), e.ns+":prefill")
+
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	bg.Add(1)
+	go func() { // evictions: keep the tiny cache full, and now and then delete a list
+		defer bg.Done()
+		val := make([]byte, 400)
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:filler:%d", e.ns, n), Value: val})
+			if n%500 == 0 {
+				_ = filler.Delete(lbs[0].Key(boardName(rand.IntN(boards))))
+			}
+			if n%256 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+
+	var submits, removes, done atomic.Int64
+	restarted := make(chan error, 1)
+	var evictedBefore int64
+	go func() {
+		for done.Load() < instances*goroutines*ops/2 {
+			time.Sleep(time.Millisecond)
+		}
+		evictedBefore = memcachedStat(t, mp.Addr(), "evictions")
+		restarted <- mp.Restart()
+	}()
+	var wg sync.WaitGroup
+	for i := range lbs {
+		for range goroutines {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lb := lbs[i]
+				for range ops {
+					b := boardName(rand.IntN(boards))
+					p := "p" + strconv.Itoa(rand.IntN(players))
+					var err error
+					switch r := rand.IntN(10); {
+					case r < 6:
+						err = lb.Submit(ctx, b, p, rand.Int64N(1000))
+						submits.Add(1)
+					case r < 7:
+						err = lb.Remove(ctx, b, p)
+						if errors.Is(err, repo.ErrNotFound) {
+							err = nil
+						}
+						removes.Add(1)
+					case r < 9:
+						_, err = lb.Top(ctx, b, size)
+					default:
+						_, err = lb.Rank(ctx, b, p)
+						if errors.Is(err, repo.ErrNotFound) {
+							err = nil
+						}
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					done.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(stop)
+	bg.Wait()
+	if err := <-restarted; err != nil {
+		t.Fatal(err)
+	}
+	if t.Failed() {
+		return
+	}
+	evictions := evictedBefore + memcachedStat(t, mp.Addr(), "evictions")
+	topEqual, present := true, 0
+	for i := range boards {
+		b := boardName(i)
+		for _, lb := range lbs {
+			if checkBoard(t, e, lb, b, size) {
+				present++
+			}
+		}
+		topEqual = topEqual && !t.Failed()
+	}
+	var conflicts, rebuilds, drops uint64
+	for i, lb := range lbs {
+		st := lb.Stats()
+		conflicts += st.CASConflicts
+		rebuilds += st.Rebuilds
+		drops += st.Drops
+		for _, ev := range hooks[i].all() {
+			if errors.Is(ev.err, memcache.ErrCacheMiss) {
+				t.Errorf("hook saw a cache miss as an error: %v", ev)
+			}
+		}
+	}
+	if evictions == 0 {
+		t.Errorf("no evictions: the filler did not fill the cache")
+	}
+	t.Logf("removes=%d drops=%d evictions=%d lists_present_at_check=%d/%d",
+		removes.Load(), drops, evictions, present, boards*instances)
+	fmt.Printf("leaderboard: submits=%d boards=%d top_equal=%v cas_conflicts=%d rebuilds=%d\n",
+		submits.Load(), boards, topEqual, conflicts, rebuilds)
+}
+
+// TestLeaderboardLocalTTL: with LocalTTL, Top answers from this process's
+// copy, which this process's own Submits forget.
+func TestLeaderboardLocalTTL(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	cfg := repo.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}
+	lb := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	other := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	const b = "local"
+	for i := 1; i <= 5; i++ {
+		if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBoard(t, e, lb, b, 3)
+	before := lb.Stats()
+	for range 10 {
+		if _, err := lb.Top(ctx, b, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lb.Submit(ctx, b, "p1", 100); err != nil { // own change: seen at once
+		t.Fatal(err)
+	}
+	checkBoard(t, e, lb, b, 3)
+	if err := other.Submit(ctx, b, "p2", 200); err != nil { // another process's: not yet
+		t.Fatal(err)
+	}
+	got, err := lb.Top(ctx, b, 3)
+	if err != nil || got[0].Player != "p1" {
+		t.Errorf("Top within LocalTTL = %v, %v; want the local copy (p1 first)", got, err)
+	}
+	if st := lb.Stats(); st.Hits < before.Hits+10 {
+		t.Errorf("hits %d -> %d", before.Hits, st.Hits)
+	}
+}
