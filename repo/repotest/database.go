@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -25,27 +26,41 @@ import (
 func NewDatabase(tb testing.TB) string {
 	tb.Helper()
 	admin := Postgres(tb)
+	name, err := createDatabase(admin, tb.Name())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := dropDatabase(admin, name); err != nil {
+			tb.Error(err)
+		}
+	})
+	return withDatabase(admin, name)
+}
 
-	var name string
+// createDatabase creates an empty database named after testName (see
+// databaseName) on the server at adminURL and returns its name.
+func createDatabase(adminURL, testName string) (string, error) {
 	for attempt := 0; ; attempt++ {
-		name = databaseName(tb.Name())
-		err := adminExec(admin, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0")
+		name := databaseName(testName)
+		err := adminExec(adminURL, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0")
 		if err == nil {
-			break
+			return name, nil
 		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42P04" && attempt < 3 { // duplicate_database
 			continue
 		}
-		tb.Fatalf("repotest: creating database %q: %v", name, err)
+		return "", fmt.Errorf("repotest: creating database %q: %w", name, err)
 	}
+}
 
-	tb.Cleanup(func() {
-		if err := adminExec(admin, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-			tb.Errorf("repotest: dropping database %q: %v", name, err)
-		}
-	})
-	return withDatabase(admin, name)
+// dropDatabase drops the database name, even with connections still open.
+func dropDatabase(adminURL, name string) error {
+	if err := adminExec(adminURL, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("repotest: dropping database %q: %w", name, err)
+	}
+	return nil
 }
 
 // adminExec runs sql on its own connection to adminURL. A connection per
@@ -116,8 +131,14 @@ func randomHex(n int) string {
 // not need Run.
 func Namespace(tb testing.TB) string {
 	tb.Helper()
+	return namespaceFor(tb.Name())
+}
+
+// namespaceFor returns a unique key namespace for the test named testName,
+// as described at Namespace.
+func namespaceFor(testName string) string {
 	var b strings.Builder
-	for _, r := range tb.Name() {
+	for _, r := range testName {
 		if b.Len() >= 15 {
 			break
 		}

@@ -15,6 +15,17 @@
 //	ns := repotest.Namespace(t)       // unique key namespace on that server
 //	mc := repotest.StartMemcached(t)  // private memcached to stop, start, restart
 //
+// Code that gets no testing.TB (Example functions) uses Servers, or
+// NewScratch for a fresh database and namespace, and treats their errors as
+// failures:
+//
+//	sc, err := repotest.NewScratch("ExampleStore_Get")
+//	if err != nil {
+//		fmt.Println(err) // the example's output no longer matches: it fails
+//		return
+//	}
+//	defer sc.Close()
+//
 // # Discovery order
 //
 // PostgreSQL, on the first call of Postgres or NewDatabase in a test binary:
@@ -224,18 +235,28 @@ func (h *harness) untrack(p *MemcachedProcess) {
 // mustHarness returns the harness set by Run, failing tb when there is none.
 func mustHarness(tb testing.TB) *harness {
 	tb.Helper()
+	h, err := runningHarness()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
+}
+
+// runningHarness returns the harness set by Run, or an error saying why
+// there is none.
+func runningHarness() (*harness, error) {
 	h := current.Load()
 	if h == nil {
-		tb.Fatal("repotest: the harness is not running; add to the package's tests:\n" +
+		return nil, errors.New("repotest: the harness is not running; add to the package's tests:\n" +
 			"\tfunc TestMain(m *testing.M) { os.Exit(repotest.Run(m)) }")
 	}
 	h.mu.Lock()
 	closed := h.closed
 	h.mu.Unlock()
 	if closed {
-		tb.Fatal("repotest: the harness has shut down (interrupted, or used after m.Run returned)")
+		return nil, errors.New("repotest: the harness has shut down (interrupted, or used after m.Run returned)")
 	}
-	return h
+	return h, nil
 }
 
 // notInstalledError says a server binary is missing and what to install.
@@ -246,6 +267,9 @@ type notInstalledError struct {
 	example string // example value of envVar
 	looked  string // where it was looked for
 }
+
+// Is makes errors.Is(err, ErrNotInstalled) true.
+func (e *notInstalledError) Is(target error) bool { return target == ErrNotInstalled }
 
 func (e *notInstalledError) Error() string {
 	msg := fmt.Sprintf("repotest: %s not found (looked in %s); install it with `%s` (Debian/Ubuntu)",
@@ -277,7 +301,7 @@ func unavailable(tb testing.TB, err error, ci bool) {
 func Postgres(tb testing.TB) string {
 	tb.Helper()
 	h := mustHarness(tb)
-	h.pgOnce.Do(func() { h.pgErr = h.startPostgres(tb) })
+	h.pgOnce.Do(func() { h.pgErr = h.startPostgres(tb.Logf) })
 	if h.pgErr != nil {
 		unavailable(tb, h.pgErr, h.ci)
 	}
@@ -285,9 +309,8 @@ func Postgres(tb testing.TB) string {
 }
 
 // startPostgres finds or starts the shared PostgreSQL server and checks
-// that it accepts connections.
-func (h *harness) startPostgres(tb testing.TB) error {
-	tb.Helper()
+// that it accepts connections. It reports readiness through logf.
+func (h *harness) startPostgres(logf func(format string, args ...any)) error {
 	begin := time.Now()
 	var srv *pgServer
 	adminURL := strings.TrimSpace(os.Getenv(EnvDatabaseURL))
@@ -321,7 +344,7 @@ func (h *harness) startPostgres(tb testing.TB) error {
 		}
 		return errors.New("repotest: the harness shut down while PostgreSQL was starting")
 	}
-	tb.Logf("repotest: PostgreSQL ready (%s) in %v", source, time.Since(begin).Round(time.Millisecond))
+	logf("repotest: PostgreSQL ready (%s) in %v", source, time.Since(begin).Round(time.Millisecond))
 	return nil
 }
 
@@ -331,23 +354,23 @@ func (h *harness) startPostgres(tb testing.TB) error {
 func Memcached(tb testing.TB) string {
 	tb.Helper()
 	h := mustHarness(tb)
-	h.mcOnce.Do(func() { h.mcErr = h.startMemcached(tb) })
+	h.mcOnce.Do(func() { h.mcErr = h.startMemcached(tb.Logf) })
 	if h.mcErr != nil {
 		unavailable(tb, h.mcErr, h.ci)
 	}
 	return h.mcAddr
 }
 
-// startMemcached finds or starts the shared memcached server.
-func (h *harness) startMemcached(tb testing.TB) error {
-	tb.Helper()
+// startMemcached finds or starts the shared memcached server. It reports
+// readiness through logf.
+func (h *harness) startMemcached(logf func(format string, args ...any)) error {
 	begin := time.Now()
 	if addr := strings.TrimSpace(os.Getenv(EnvMemcached)); addr != "" {
 		if err := memcachedReady(addr, 5*time.Second, nil); err != nil {
 			return fmt.Errorf("repotest: memcached at %s=%s does not answer: %w", EnvMemcached, addr, err)
 		}
 		h.mcAddr = addr
-		tb.Logf("repotest: memcached ready (%s=%s)", EnvMemcached, addr)
+		logf("repotest: memcached ready (%s=%s)", EnvMemcached, addr)
 		return nil
 	}
 	p, err := newMemcachedProcess(nil)
@@ -366,6 +389,6 @@ func (h *harness) startMemcached(tb testing.TB) error {
 		return errors.New("repotest: the harness shut down while memcached was starting")
 	}
 	h.mcAddr = p.Addr()
-	tb.Logf("repotest: memcached ready (started %s on %s) in %v", p.bin, p.Addr(), time.Since(begin).Round(time.Millisecond))
+	logf("repotest: memcached ready (started %s on %s) in %v", p.bin, p.Addr(), time.Since(begin).Round(time.Millisecond))
 	return nil
 }
