@@ -2,6 +2,7 @@ package repo
 
 import (
 	"errors"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,6 +99,23 @@ func (b *breaker) record(err error) {
 	}
 }
 
+// trip opens the breaker at once. A read calls it when it gives up on the
+// cache and reads the database: that read may be ahead of what the cache
+// holds (a write whose cache update failed, or has not run yet), so no read
+// of this store may use the cache again before recovery has replayed the
+// outbox.
+func (b *breaker) trip() {
+	if b == nil || b.open.Load() {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.open.Load() {
+		b.until = time.Now().Add(b.cooldown)
+		b.open.Store(true)
+	}
+}
+
 // isTransportErr reports whether err means the cache could not be reached,
 // as opposed to an answer (a miss, a conflict, a refused store).
 func isTransportErr(err error) bool {
@@ -119,16 +137,40 @@ type guarded struct {
 	b *breaker
 }
 
+// readAttempts bounds how often a read is tried when its connection fails
+// fast: after memcached restarts, every idle pooled connection is dead, and
+// each fails once before the client drops it.
+const readAttempts = 3
+
 func (g guarded) Get(key string) (*memcache.Item, error) {
-	it, err := g.Cache.Get(key)
-	g.b.record(err)
-	return it, err
+	return retryRead(func() (*memcache.Item, error) { return g.Cache.Get(key) }, g.b)
 }
 
 func (g guarded) GetMulti(keys []string) (map[string]*memcache.Item, error) {
-	m, err := g.Cache.GetMulti(keys)
-	g.b.record(err)
-	return m, err
+	return retryRead(func() (map[string]*memcache.Item, error) { return g.Cache.GetMulti(keys) }, g.b)
+}
+
+// retryRead runs read up to readAttempts times while it fails fast,
+// reporting each outcome to b (if not nil).
+func retryRead[R any](read func() (R, error), b *breaker) (r R, err error) {
+	for range readAttempts {
+		r, err = read()
+		if b != nil {
+			b.record(err)
+		}
+		if !retryable(err) {
+			break
+		}
+	}
+	return r, err
+}
+
+// retryable reports whether a read that failed with err is worth another
+// try at once: a transport failure that was not a timeout (a closed or
+// reset connection), since another timeout would double the wait.
+func retryable(err error) bool {
+	var ne net.Error
+	return isTransportErr(err) && !(errors.As(err, &ne) && ne.Timeout())
 }
 
 func (g guarded) Add(it *memcache.Item) error { return g.rec(g.Cache.Add(it)) }

@@ -130,6 +130,7 @@ type ckConfig struct {
 
 type ckResult struct {
 	ops, faults, staleReads, badKeys int
+	unseenFailedWrites               int
 	cacheMismatches, cacheErrors     int
 }
 
@@ -194,6 +195,7 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 	var mu sync.Mutex
 	var history []ckOp
 	var faults atomic.Int64
+	var faultLog ckFaults
 	var wg sync.WaitGroup
 	for _, r := range repairers {
 		wg.Add(1)
@@ -213,17 +215,22 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 				}
 				switch kind {
 				case 0:
+					faultLog.add(now(), "restart begins")
 					if err := mp.Restart(); err != nil {
 						t.Errorf("restart memcached: %v", err)
 						return
 					}
 				case 1:
+					faultLog.add(now(), "partition")
 					px.Partition()
 					_ = sleep(rctx, 250*time.Millisecond)
+					faultLog.add(now(), "heal begins")
 					px.Heal()
 				case 2:
+					faultLog.add(now(), "kill backends")
 					_, _ = e.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'consistency'`)
 				}
+				faultLog.add(now(), "fault done")
 				faults.Add(1)
 			}
 		}()
@@ -281,14 +288,28 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 	for _, s := range stores {
 		res.cacheErrors += int(s.Stats().CacheErrors)
 	}
+	// A failed write may have happened; with no end it could linearize
+	// anywhere after its start, which makes porcupine's search explode. One
+	// whose value no read saw can always be placed at the very end of the
+	// history, where it contradicts nothing, so it is dropped.
+	seen := map[string]bool{}
+	for _, op := range history {
+		if op.in.op == 'r' {
+			seen[op.out] = true
+		}
+	}
 	byKey := map[int64][]ckOp{}
 	for _, op := range history {
+		if op.in.op == 'w' && op.ret == math.MaxInt64 && !seen[op.in.value] {
+			res.unseenFailedWrites++
+			continue
+		}
 		byKey[op.key] = append(byKey[op.key], op)
 	}
 	for k := int64(1); k <= int64(cfg.keys); k++ {
 		ops := byKey[k]
 		res.staleReads += staleReads(ops)
-		if !linearizable(t, ops) {
+		if !linearizable(t, ops, &faultLog) {
 			res.badKeys++
 		}
 	}
@@ -361,6 +382,14 @@ func staleReads(ops []ckOp) int {
 		}
 		if best < 0 || best < m {
 			stale++
+			if os.Getenv("CACHEDREPO_CK_DEBUG") != "" {
+				fmt.Printf("stale read key=%d client=%d [%d,%d] saw %q (latest source ret %d); writes:\n", r.key, r.client, r.call, r.ret, r.out, best)
+				for _, op := range ops {
+					if op.in.op != 'r' && op.ret >= r.call-20_000_000 && op.call <= r.ret {
+						fmt.Printf("   %c %q client=%d [%d,%d]\n", op.in.op, op.in.value, op.client, op.call, op.ret)
+					}
+				}
+			}
 		}
 	}
 	return stale
@@ -381,12 +410,15 @@ var registerModel = porcupine.Model{
 	},
 }
 
-func linearizable(t *testing.T, ops []ckOp) bool {
+func linearizable(t *testing.T, ops []ckOp, faults *ckFaults) bool {
 	h := make([]porcupine.Operation, len(ops))
 	for i, op := range ops {
 		h[i] = porcupine.Operation{ClientId: op.client, Input: op.in, Output: op.out, Call: op.call, Return: op.ret}
 	}
 	res := porcupine.CheckOperationsTimeout(registerModel, h, 20*time.Second)
+	if res == porcupine.Illegal && os.Getenv("CACHEDREPO_CK_DEBUG") != "" {
+		explainIllegal(ops, faults)
+	}
 	if res == porcupine.Unknown {
 		t.Logf("porcupine timed out on a key with %d operations; counted as not proven", len(ops))
 	}
@@ -436,4 +468,73 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// explainIllegal prints, for a key porcupine rejects, the operations around
+// the point where its longest partial linearization gets stuck.
+func explainIllegal(ops []ckOp, faults *ckFaults) {
+	h := make([]porcupine.Operation, len(ops))
+	for i, op := range ops {
+		h[i] = porcupine.Operation{ClientId: op.client, Input: op.in, Output: op.out, Call: op.call, Return: op.ret}
+	}
+	_, info := porcupine.CheckOperationsVerbose(registerModel, h, 20*time.Second)
+	var longest []int
+	for _, part := range info.PartialLinearizations() {
+		for _, l := range part {
+			if len(l) > len(longest) {
+				longest = l
+			}
+		}
+	}
+	done := map[int]bool{}
+	var last int64
+	for _, i := range longest {
+		done[i] = true
+		last = max(last, ops[i].call)
+	}
+	fmt.Printf("key %d: %d of %d ops linearize; last linearized:\n", ops[0].key, len(longest), len(ops))
+	for _, i := range longest[max(0, len(longest)-6):] {
+		op := ops[i]
+		fmt.Printf("   %c in=%q out=%q client=%d [%d,%d]\n", op.in.op, op.in.value, op.out, op.client, op.call, op.ret)
+	}
+	// The first operations not linearized, by return time.
+	var rest []ckOp
+	for i, op := range ops {
+		if !done[i] {
+			rest = append(rest, op)
+		}
+	}
+	sort.Slice(rest, func(i, j int) bool { return rest[i].call < rest[j].call })
+	fmt.Printf("  faults near %d:\n", last)
+	for _, f := range faults.events {
+		if f.at > last-600_000_000 && f.at < last+100_000_000 {
+			fmt.Printf("   %s at %d\n", f.what, f.at)
+		}
+	}
+	fmt.Printf("  next, by call:\n")
+	for _, op := range rest[:min(12, len(rest))] {
+		ret := op.ret
+		if ret == math.MaxInt64 {
+			ret = -1
+		}
+		fmt.Printf("   %c in=%q out=%q client=%d [%d,%d]\n", op.in.op, op.in.value, op.out, op.client, op.call, ret)
+	}
+}
+
+// ckFaults is a timeline of injected faults, for explaining violations.
+type ckFaults struct {
+	mu     sync.Mutex
+	events []struct {
+		at   int64
+		what string
+	}
+}
+
+func (f *ckFaults) add(at int64, what string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, struct {
+		at   int64
+		what string
+	}{at, what})
 }

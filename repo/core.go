@@ -23,7 +23,7 @@ type core struct {
 
 func newCore(cache Cache, o Options) core {
 	br := newBreaker(o.BreakerFailures, o.BreakerCooldown, func() error {
-		_, err := cache.Get(o.Namespace + ":probe")
+		_, err := retryRead(func() (*memcache.Item, error) { return cache.Get(o.Namespace + ":probe") }, nil)
 		return err
 	})
 	return core{cache: guarded{Cache: cache, b: br}, br: br, opt: o}

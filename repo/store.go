@@ -32,6 +32,9 @@ type Store[T any, K comparable] struct {
 
 	anyOnce sync.Mutex // guards selectAny for composite keys
 	anySQL  atomic.Pointer[string]
+
+	insMu  sync.Mutex                // guards insSQL
+	insSQL atomic.Pointer[[2]string] // insert and upsert, with the version's sequence
 }
 
 // New returns a Store for table over db and cache. opts may be nil. It checks
@@ -169,6 +172,7 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 		}
 	case !isMiss(err):
 		s.cacheErr("get", key, err)
+		s.br.trip()
 		return s.readDB(ctx, k)
 	}
 	s.stats.misses.Add(1)

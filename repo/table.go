@@ -96,6 +96,10 @@ type compiled[T any, K comparable] struct {
 	setCols                                                               []int // indexes into cols written by UPDATE (neither key nor Version)
 }
 
+// nextvalMarker stands for the version column's sequence expression in
+// insert statements until the store has looked it up (Store.insertSQL).
+const nextvalMarker = "/*cachedrepo:nextval*/"
+
 func quoteIdent(name string) string {
 	return pgx.Identifier(strings.Split(name, ".")).Sanitize()
 }
@@ -346,9 +350,24 @@ func (c *compiled[T, K]) buildSQL() {
 	} // composite: built on first GetMany, once the key types are known
 
 	var ins, ph, set, excl []string
+	var insKey []string // the key columns against the INSERT's placeholders
 	for n, i := range c.writeCols {
 		ins = append(ins, q[i])
 		ph = append(ph, fmt.Sprintf("$%d", n+1))
+		if isKey[c.cols[i]] {
+			insKey = append(insKey, fmt.Sprintf("%s = $%d", q[i], n+1))
+		}
+	}
+	if c.versionIdx >= 0 {
+		// An INSERT evaluates its VALUES, a DEFAULT included, before it
+		// checks for conflicts, and may then wait for a transaction that
+		// deletes the conflicting row and go on to insert. Its version
+		// would then be older than the deleted row's. So the version is
+		// drawn only after locking the key's current row, if any, which
+		// waits for such a transaction to end: see Store.insertSQL.
+		ins = append(ins, q[c.versionIdx])
+		ph = append(ph, fmt.Sprintf("(SELECT %s FROM (SELECT count(*) FROM (SELECT 1 FROM %s WHERE %s FOR UPDATE) AS cachedrepo_l) AS cachedrepo_w)",
+			nextvalMarker, c.ident, strings.Join(insKey, " AND ")))
 	}
 	n := len(c.keyCols)
 	for _, i := range c.setCols {

@@ -11,7 +11,7 @@ import (
 // commits. Get one from InTx and bind stores to it with Store.In.
 type Tx struct {
 	pgx.Tx
-	after []func()
+	after []func(committed bool)
 }
 
 // InTx runs fn inside a transaction begun on db and commits it if fn returns
@@ -31,10 +31,15 @@ func InTx(ctx context.Context, db DB, fn func(tx *Tx) error) error {
 	}
 	if err := ptx.Commit(ctx); err != nil {
 		_ = ptx.Rollback(context.WithoutCancel(ctx))
+		// The commit may have happened (its answer lost with the
+		// connection): delete the keys written, as a fill cannot be stale.
+		for _, f := range tx.after {
+			f(false)
+		}
 		return err
 	}
 	for _, f := range tx.after {
-		f()
+		f(true)
 	}
 	return nil
 }
@@ -67,7 +72,7 @@ func (t TxStore[T, K]) Get(ctx context.Context, k K) (T, error) {
 
 // Insert is Store.Insert inside the transaction.
 func (t TxStore[T, K]) Insert(ctx context.Context, v T) (T, error) {
-	row, err := t.s.writeRow(ctx, t.tx, t.tx.defer_, t.s.t.insert, &v)
+	row, err := t.s.writeRow(ctx, t.tx, t.tx.defer_, false, &v)
 	if err != nil {
 		return row, t.s.opErr("insert", t.s.t.keyOf(&v), err)
 	}
@@ -76,7 +81,7 @@ func (t TxStore[T, K]) Insert(ctx context.Context, v T) (T, error) {
 
 // Upsert is Store.Upsert inside the transaction.
 func (t TxStore[T, K]) Upsert(ctx context.Context, v T) (T, error) {
-	row, err := t.s.writeRow(ctx, t.tx, t.tx.defer_, t.s.t.upsert, &v)
+	row, err := t.s.writeRow(ctx, t.tx, t.tx.defer_, true, &v)
 	if err != nil {
 		return row, t.s.opErr("upsert", t.s.t.keyOf(&v), err)
 	}
@@ -98,8 +103,11 @@ func (t TxStore[T, K]) Delete(ctx context.Context, k K) error {
 	return t.s.delete(ctx, t.tx, t.tx.defer_, k)
 }
 
-func (tx *Tx) defer_(f func()) { tx.after = append(tx.after, f) }
+// defer_ holds back a write's cache effect until the transaction ends: f(true)
+// after COMMIT, f(false) if the commit failed and may or may not have
+// happened.
+func (tx *Tx) defer_(f func(committed bool)) { tx.after = append(tx.after, f) }
 
 // runNow is the after-commit scheduler outside InTx: the statement has
 // committed by the time it is called.
-func runNow(f func()) { f() }
+func runNow(f func(committed bool)) { f(true) }

@@ -3,16 +3,19 @@ package repo
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Insert inserts v (every column but Version, which takes its DEFAULT) and
 // returns the row as stored (INSERT ... RETURNING), after writing it through
 // to the cache (replacing a cached "not found").
 func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
-	row, err := s.writeRow(ctx, s.db, runNow, s.w.insert, &v)
+	row, err := s.writeRow(ctx, s.db, runNow, false, &v)
 	if err != nil {
 		return row, s.opErr("insert", s.t.keyOf(&v), err)
 	}
@@ -23,7 +26,7 @@ func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
 // columns (INSERT ... ON CONFLICT DO UPDATE), and returns the stored row after
 // writing it through to the cache.
 func (s *Store[T, K]) Upsert(ctx context.Context, v T) (T, error) {
-	row, err := s.writeRow(ctx, s.db, runNow, s.w.upsert, &v)
+	row, err := s.writeRow(ctx, s.db, runNow, true, &v)
 	if err != nil {
 		return row, s.opErr("upsert", s.t.keyOf(&v), err)
 	}
@@ -32,7 +35,12 @@ func (s *Store[T, K]) Upsert(ctx context.Context, v T) (T, error) {
 
 // writeRow runs an INSERT or upsert of v on db and schedules the cache update
 // with after (at once, or after the enclosing transaction commits).
-func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func()), sql string, v *T) (T, error) {
+func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func(bool)), upsert bool, v *T) (T, error) {
+	sql, err := s.insertSQL(ctx, db, upsert)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
 	vals := s.t.values(v)
 	args := make([]any, len(s.t.writeCols), len(s.t.writeCols)+1)
 	for n, i := range s.t.writeCols {
@@ -46,9 +54,22 @@ func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func()), s
 	var outboxID int64
 	row, err := pgx.CollectOneRow(rows, s.scanner(&outboxID))
 	if err != nil {
+		if isUniqueViolation(err) || ambiguous(err) {
+			// A unique violation tells the caller the row exists, and a
+			// concurrent inserter may not have reached the cache yet. Any
+			// error but the server's may hide a commit whose answer was
+			// lost. Either way the cache must not contradict the database.
+			s.invalidate(key)
+		}
 		return row, err
 	}
-	after(func() { s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID) })
+	after(func(committed bool) {
+		if !committed {
+			s.invalidate(key)
+			return
+		}
+		s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID)
+	})
 	return row, nil
 }
 
@@ -65,7 +86,7 @@ func (s *Store[T, K]) Update(ctx context.Context, k K, mutate func(*T) error) (T
 	return row, nil
 }
 
-func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func()), k K, mutate func(*T) error) (T, error) {
+func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)), k K, mutate func(*T) error) (T, error) {
 	var zero T
 	tx, err := db.Begin(ctx) // a savepoint when db is itself a transaction
 	if err != nil {
@@ -73,15 +94,21 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func()), k K
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 	keyArgs := s.t.keyArgs(k)
+	key := s.Key(k)
 	rows, _ := tx.Query(ctx, s.t.selectForUpdate, keyArgs...)
 	row, err := pgx.CollectOneRow(rows, s.t.scan)
 	if errors.Is(err, pgx.ErrNoRows) {
+		// The caller learns the row is gone: see delete.
+		s.invalidate(key)
 		return zero, ErrNotFound
 	}
 	if err != nil {
 		return zero, err
 	}
 	if err := mutate(&row); err != nil {
+		// mutate saw the row as committed; a writer that committed it may
+		// not have reached the cache yet, so bring the cache up to it.
+		s.writeThrough(key, &row, s.versionOf(&row))
 		return zero, err
 	}
 	if s.t.keyOf(&row) != k {
@@ -92,7 +119,6 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func()), k K
 	for _, i := range s.t.setCols {
 		args = append(args, vals[i])
 	}
-	key := s.Key(k)
 	if s.w.outbox {
 		args = append(args, key)
 	}
@@ -102,9 +128,16 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func()), k K
 		return zero, err
 	}
 	if err := tx.Commit(ctx); err != nil {
+		s.invalidate(key) // it may have committed
 		return zero, err
 	}
-	after(func() { s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID) })
+	after(func(committed bool) {
+		if !committed {
+			s.invalidate(key)
+			return
+		}
+		s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID)
+	})
 	return row, nil
 }
 
@@ -116,7 +149,7 @@ func (s *Store[T, K]) Delete(ctx context.Context, k K) error {
 	return s.delete(ctx, s.db, runNow, k)
 }
 
-func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func()), k K) error {
+func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)), k K) error {
 	var version, outboxID int64
 	var dst any = new(bool)
 	if s.t.versionIdx >= 0 {
@@ -131,12 +164,25 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func()), k K
 	}
 	err := db.QueryRow(ctx, s.w.delete, args...).Scan(dsts...)
 	if errors.Is(err, pgx.ErrNoRows) {
+		// Another writer deleted the row and may not have reached the cache
+		// yet. The caller now knows the row is gone, so no later read may
+		// return it: delete the key (a later fill runs under a lease).
+		s.invalidate(key)
 		return s.opErr("delete", k, ErrNotFound)
 	}
 	if err != nil {
+		if ambiguous(err) {
+			s.invalidate(key) // it may have committed
+		}
 		return s.opErr("delete", k, err)
 	}
-	after(func() { s.afterCommit(ctx, key, nil, version, outboxID) })
+	after(func(committed bool) {
+		if !committed {
+			s.invalidate(key)
+			return
+		}
+		s.afterCommit(ctx, key, nil, version, outboxID)
+	})
 	return nil
 }
 
@@ -180,6 +226,8 @@ func (s *Store[T, K]) writeThrough(key string, v *T, version int64) bool {
 //     after a newer one was evicted.)
 //   - a lease is deleted, so the filler's CAS fails: its read may be older
 //     or newer than ours, and we cannot tell which.
+//   - a cached "not found" from a read has no version to compare, so a new
+//     value deletes it and the next read fills under a lease.
 //   - a cached state as new as ours or newer is kept.
 //   - an older one is replaced by CAS, retried up to CASRetries.
 //
@@ -199,6 +247,12 @@ func (s *core) putVersioned(key string, value []byte, flags uint32, exp int32, v
 		}
 		k, ver, _, ok := openEnvelope(it.Flags, it.Value)
 		if !ok || k == kindLease {
+			return s.invalidate(key)
+		}
+		if k == kindAbsent && ver == 0 && !deleted {
+			// A read found no row and cached that, without a version: the
+			// read may have come after a delete that followed this write, or
+			// before this write's insert. Only a fresh read can tell.
 			return s.invalidate(key)
 		}
 		if newer(ver, k == kindAbsent, version, deleted) {
@@ -231,4 +285,59 @@ func newer(cached int64, cachedDeleted bool, incoming int64, incomingDeleted boo
 		return cached > incoming
 	}
 	return cachedDeleted || !incomingDeleted
+}
+
+// isUniqueViolation reports whether err is PostgreSQL's unique_violation.
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// insertSQL returns the INSERT (or upsert) statement. With a Version column
+// it names the column's sequence, looked up on first use: the statement
+// draws the version itself, after locking the key (see buildSQL).
+func (s *Store[T, K]) insertSQL(ctx context.Context, db DB, upsert bool) (string, error) {
+	if s.t.versionIdx < 0 {
+		if upsert {
+			return s.w.upsert, nil
+		}
+		return s.w.insert, nil
+	}
+	p := s.insSQL.Load()
+	if p == nil {
+		s.insMu.Lock()
+		defer s.insMu.Unlock()
+		if p = s.insSQL.Load(); p == nil {
+			var expr *string
+			err := db.QueryRow(ctx, nextvalLookup, s.t.ident, s.t.cols[s.t.versionIdx]).Scan(&expr)
+			if err != nil {
+				return "", fmt.Errorf("looking up the sequence of version column %q: %w", s.t.cols[s.t.versionIdx], err)
+			}
+			if expr == nil || !strings.HasPrefix(*expr, "nextval(") {
+				return "", fmt.Errorf("version column %q has no sequence: declare it GENERATED BY DEFAULT AS IDENTITY (or serial)", s.t.cols[s.t.versionIdx])
+			}
+			p = &[2]string{strings.ReplaceAll(s.w.insert, nextvalMarker, *expr), strings.ReplaceAll(s.w.upsert, nextvalMarker, *expr)}
+			s.insSQL.Store(p)
+		}
+	}
+	if upsert {
+		return p[1], nil
+	}
+	return p[0], nil
+}
+
+// nextvalLookup finds the expression that draws a column's next value: its
+// identity or serial sequence, or else its DEFAULT if that is a nextval.
+const nextvalLookup = `SELECT coalesce(
+	'nextval(' || quote_literal(pg_get_serial_sequence($1, $2)) || '::regclass)',
+	(SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+		JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+		WHERE d.adrelid = $1::regclass AND a.attname = $2))`
+
+// ambiguous reports whether a failed statement may still have committed:
+// any failure but an error from the server (which aborts the statement),
+// such as a connection lost before the answer arrived.
+func ambiguous(err error) bool {
+	var pe *pgconn.PgError
+	return !errors.As(err, &pe)
 }
