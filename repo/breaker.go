@@ -88,14 +88,8 @@ func (b *breaker) record(err error) {
 		}
 		return
 	}
-	if int(b.bad.Add(1)) < b.threshold || b.open.Load() {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.open.Load() {
-		b.until = time.Now().Add(b.cooldown)
-		b.open.Store(true)
+	if int(b.bad.Add(1)) >= b.threshold {
+		b.trip()
 	}
 }
 
