@@ -287,6 +287,112 @@ func TestLeaderboardRebuildRace(t *testing.T) {
 	checkBoard(t, e, writer, b, 2)
 }
 
+// lbGetHookCache calls after (if set) once each Get has returned.
+type lbGetHookCache struct {
+	repo.Cache
+	after atomic.Pointer[func(key string)]
+}
+
+func (h *lbGetHookCache) Get(key string) (*memcache.Item, error) {
+	it, err := h.Cache.Get(key)
+	if f := h.after.Load(); f != nil {
+		(*f)(key)
+	}
+	return it, err
+}
+
+// TestLeaderboardLocalTTLRace: with LocalTTL, a Top that read the list
+// before this process's Submit finished, and stores its copy after, must
+// not make a later Top miss the Submit.
+func TestLeaderboardLocalTTLRace(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	hc := &lbGetHookCache{Cache: e.mc}
+	lb := newLeaderboard(t, e.pool, hc, repo.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}, e.opts(nil))
+	const b = "localrace"
+	for i := 1; i <= 5; i++ {
+		if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkBoard(t, e, lb, b, 3)                         // cached, and kept locally
+	if err := lb.Submit(ctx, b, "p4", 4); err != nil { // a no-op Submit: forgets the local copy
+		t.Fatal(err)
+	}
+	read, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f := func(string) {
+		once.Do(func() {
+			close(read)
+			<-release
+		})
+	}
+	hc.after.Store(&f)
+	done := make(chan []repo.Entry, 1)
+	go func() {
+		got, err := lb.Top(ctx, b, 3)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- got
+	}()
+	<-read // the Top has the old list from memcached
+	hc.after.Store(nil)
+	if err := lb.Submit(ctx, b, "p1", 100); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if got := <-done; len(got) != 3 || got[0].Player != "p5" {
+		t.Errorf("the racing Top returned %v, want the list it read (p5 first)", got)
+	}
+	got, err := lb.Top(ctx, b, 3)
+	if err != nil || len(got) != 3 || got[0].Player != "p1" {
+		t.Errorf("Top after this process's Submit = %v, %v; want p1 first", got, err)
+	}
+}
+
+// TestLeaderboardAppendTop: Top's slice is the caller's (lists are shared
+// between calls, so changing it must not change later answers), AppendTop
+// appends, and with LocalTTL a hit into a buffer with room allocates
+// nothing.
+func TestLeaderboardAppendTop(t *testing.T) {
+	for _, ttl := range []time.Duration{0, time.Hour} {
+		t.Run("LocalTTL="+ttl.String(), func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t)
+			lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, LocalTTL: ttl}, e.opts(nil))
+			const b = "append"
+			for i := 1; i <= 5; i++ {
+				if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := dbTop(t, e, b, 3)
+			for range 2 { // a rebuilt list, then a cached (or kept) one
+				got, err := lb.Top(ctx, b, 3)
+				if err != nil || !sameEntries(got, want) {
+					t.Fatalf("Top = %v, %v; want %v", got, err, want)
+				}
+				got[0] = repo.Entry{Player: "changed by the caller"}
+			}
+			head := repo.Entry{Player: "head"}
+			got, err := lb.AppendTop(ctx, []repo.Entry{head}, b, 2)
+			if err != nil || !sameEntries(got, append([]repo.Entry{head}, want[:2]...)) {
+				t.Errorf("AppendTop = %v, %v; want head then %v", got, err, want[:2])
+			}
+			if ttl > 0 {
+				buf := make([]repo.Entry, 0, 3)
+				allocs := testing.AllocsPerRun(100, func() {
+					buf, err = lb.AppendTop(ctx, buf[:0], b, 3)
+				})
+				if err != nil || !sameEntries(buf, want) || allocs != 0 {
+					t.Errorf("AppendTop within LocalTTL: %v, %v, %v allocs; want %v, 0 allocs", buf, err, allocs, want)
+				}
+			}
+		})
+	}
+}
+
 // memcachedStat returns one counter of memcached's "stats".
 func memcachedStat(t testing.TB, addr, name string) int64 {
 	t.Helper()
