@@ -260,7 +260,7 @@ func (s *core) leased(ctx context.Context, key string,
 	deadline := time.Now().Add(s.opt.LeaseWait)
 	backoff := time.Millisecond
 	for attempt := 0; ; attempt++ {
-		token := rand.Uint64()
+		token := newToken()
 		err := s.cache.Add(s.leaseItem(key, token))
 		if err == nil {
 			r, value, flags, exp, err := load(ctx)

@@ -110,28 +110,64 @@ func ownLease(it *memcache.Item, token uint64) bool {
 	return ok && k == kindLease && string(payload) == strconv.FormatUint(token, 36)
 }
 
-// swapLease replaces our lease on key with value, if it is still ours.
-func (s *core) swapLease(key string, token uint64, value []byte, flags uint32, exp int32) {
+// swapLease replaces our lease on key with value, if it is still ours, and
+// otherwise settles the key as settle does.
+func (s *core) swapLease(key string, token uint64, value []byte, flags uint32, exp int32) *memcache.Item {
 	it, err := s.cache.Get(key)
 	if err != nil {
 		if !isMiss(err) {
 			s.cacheErr("fill", key, err)
 		}
-		return
+		return nil
 	}
-	if !ownLease(it, token) {
-		return
-	}
-	it.Value, it.Flags, it.Expiration = value, flags, exp
-	switch err := s.cache.CompareAndSwap(it); {
-	case err == nil:
-		s.stats.fills.Add(1)
-	case isLost(err):
-		s.stats.casConflicts.Add(1)
-	default:
-		s.cacheErr("fill", key, err)
-	}
+	return s.settle(key, token, it, value, flags, exp)
 }
+
+// settle ends a read that went to the database: it, read from the cache
+// after that read (nil on a miss), is what the key holds now. If it is our
+// lease (token, 0 for none), the read's value replaces it by CAS. If another
+// reader or writer put a value or "not found" there, that is returned: the
+// caller must answer with it, not with its own read, which may be ahead of
+// what the cache shows (a write whose cache update has not run yet), and
+// readers must never see the newer state and then the older one. If it is
+// another reader's lease, that lease is deleted: its holder may have read
+// before us, and its fill must not land after we answered.
+func (s *core) settle(key string, token uint64, it *memcache.Item, value []byte, flags uint32, exp int32) *memcache.Item {
+	for try := 0; it != nil; try++ {
+		if token == 0 || !ownLease(it, token) {
+			if k, _, _, ok := openEnvelope(it.Flags, it.Value); ok && k != kindLease {
+				return it
+			}
+			s.invalidate(key)
+			return nil
+		}
+		it.Value, it.Flags, it.Expiration = value, flags, exp
+		err := s.cache.CompareAndSwap(it)
+		switch {
+		case err == nil:
+			s.stats.fills.Add(1)
+			return nil
+		case !isLost(err):
+			s.cacheErr("fill", key, err)
+			return nil
+		}
+		s.stats.casConflicts.Add(1)
+		if try == 2 {
+			s.invalidate(key)
+			return nil
+		}
+		if it, err = s.cache.Get(key); err != nil {
+			if !isMiss(err) {
+				s.cacheErr("fill", key, err)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// newToken returns a lease token; 0 is never one.
+func newToken() uint64 { return rand.Uint64() | 1 }
 
 // releaseLease frees our lease early (a failed read, an oversize value) so
 // waiters do not sit out LeaseTTL. A CAS to an already-expired item is a

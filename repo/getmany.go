@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"reflect"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -83,7 +82,7 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 			s.releaseLeases(ckeys, tokens)
 			return nil, s.manyErr(err)
 		}
-		tok := rand.Uint64()
+		tok := newToken()
 		switch err := s.cache.Add(s.leaseItem(ckeys[i], tok)); {
 		case err == nil:
 			tokens[i] = tok
@@ -106,25 +105,23 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	for i := range rows {
 		out[s.t.keyOf(&rows[i])] = rows[i]
 	}
-	if len(tokens) == 0 {
+	if !cacheOK {
 		return out, nil
 	}
 
-	leased := make([]string, 0, len(tokens))
-	for i := range tokens {
-		leased = append(leased, ckeys[i])
+	// Settle every key read from the database (see core.settle): fill our
+	// leases, and where someone else's value is there now, answer with it.
+	mkeys := make([]string, len(missing))
+	for j, i := range missing {
+		mkeys[j] = ckeys[i]
 	}
-	cur, err := s.cache.GetMulti(leased)
+	cur, err := s.cache.GetMulti(mkeys)
 	if err != nil {
-		s.cacheErr("fill", leased[0], err)
+		s.cacheErr("fill", mkeys[0], err)
 		return out, nil
 	}
-	for i, tok := range tokens {
-		key := ckeys[i]
-		it := cur[key]
-		if it == nil || !ownLease(it, tok) {
-			continue
-		}
+	for _, i := range missing {
+		key, tok := ckeys[i], tokens[i]
 		var value []byte
 		var flags uint32
 		var exp int32
@@ -135,18 +132,20 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 			value, flags = s.envelope(key, nil, 0)
 			exp = s.expiry(s.opt.NegativeTTL, true)
 		}
-		if value == nil {
+		if value == nil && tok != 0 {
 			s.releaseLease(key, tok)
 			continue
 		}
-		it.Value, it.Flags, it.Expiration = value, flags, exp
-		switch err := s.cache.CompareAndSwap(it); {
-		case err == nil:
-			s.stats.fills.Add(1)
-		case isLost(err):
-			s.stats.casConflicts.Add(1)
-		default:
-			s.cacheErr("fill", key, err)
+		it := s.settle(key, tok, cur[key], value, flags, exp)
+		if it == nil {
+			continue
+		}
+		var v T
+		switch s.open(it, &v).kind {
+		case kindValue:
+			out[uniq[i]] = v
+		case kindAbsent:
+			delete(out, uniq[i])
 		}
 	}
 	return out, nil

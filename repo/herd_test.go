@@ -336,9 +336,12 @@ func TestHerdDeadHolder(t *testing.T) {
 		// instead of never returning.
 		fail        bool
 		wantSelects int64
-		wantFills   uint64
+		wantFills   int
 	}{
-		{name: "fallback", leaseTTL: time.Minute, leaseWait: time.Second, wantSelects: herdInstances, wantFills: 0},
+		// Each store falls back after LeaseWait and deletes the dead lease,
+		// so a store still waiting may find the key free, lease and fill
+		// it: up to herdInstances-1 fills, never more reads.
+		{name: "fallback", leaseTTL: time.Minute, leaseWait: time.Second, wantSelects: herdInstances, wantFills: -1},
 		// The lease lives at most 2s (memcached counts whole seconds); the
 		// readers start 1s after it was taken, so it expires within 1s of
 		// their start, before their 1.5s LeaseWait ends.
@@ -392,7 +395,8 @@ func TestHerdDeadHolder(t *testing.T) {
 				herdReaders, herdInstances, tc.name, tc.leaseTTL, tc.leaseWait, selects)
 			t.Logf("readers done in %v (%v after the lease was taken); stats over the 4 stores: %+v",
 				took.Round(time.Millisecond), time.Since(leased).Round(time.Millisecond), sum)
-			if selects != tc.wantSelects || other != 0 || sum.Fills != tc.wantFills {
+			fillsOK := sum.Fills == uint64(tc.wantFills) || tc.wantFills < 0 && sum.Fills < herdInstances
+			if selects != tc.wantSelects || other != 0 || !fillsOK {
 				t.Fatalf("%d SELECTs, %d other statements, %d fills; want %d, 0, %d (stats %+v)",
 					selects, other, sum.Fills, tc.wantSelects, tc.wantFills, sum)
 			}

@@ -136,7 +136,7 @@ func (q *Query[V]) decode(it *memcache.Item) (V, bool) {
 }
 
 func (q *Query[V]) fill(ctx context.Context, key string, args []string) (V, error) {
-	token := rand.Uint64()
+	token := newToken()
 	err := q.cache.Add(q.leaseItem(key, token))
 	if err != nil && !isLost(err) {
 		q.cacheErr("lease", key, err)

@@ -225,7 +225,7 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 	deadline := time.Now().Add(s.opt.LeaseWait)
 	backoff := time.Millisecond
 	for attempt := 0; ; attempt++ {
-		token := rand.Uint64()
+		token := newToken()
 		err := s.cache.Add(s.leaseItem(key, token))
 		if err == nil {
 			return s.readAndFill(ctx, k, key, token)
@@ -258,7 +258,14 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 				break // corrupt, now deleted: try the lease again
 			}
 			if time.Now().After(deadline) || attempt > 64 {
-				return s.selectOne(ctx, k) // the holder is slow or dead: serve from the database
+				// The holder is slow or dead: serve from the database, then
+				// delete its lease, whose fill may hold an older read than
+				// ours and must not land after we answered.
+				l, err := s.selectOne(ctx, k)
+				if err == nil {
+					s.invalidate(key)
+				}
+				return l, err
 			}
 			s.stats.leaseWaits.Add(1)
 			if err := sleep(ctx, backoff/2+rand.N(backoff)); err != nil {
@@ -295,7 +302,17 @@ func (s *Store[T, K]) readAndFill(ctx context.Context, k K, key string, token ui
 		s.releaseLease(key, token)
 		return l, nil
 	}
-	s.swapLease(key, token, value, flags, exp)
+	if it := s.swapLease(key, token, value, flags, exp); it != nil {
+		// Someone else's value is there now: answer with it (see settle).
+		c := &loaded[T]{at: l.at}
+		switch s.open(it, &c.v).kind {
+		case kindValue:
+			c.found = true
+			return c, nil
+		case kindAbsent:
+			return c, nil
+		}
+	}
 	return l, nil
 }
 
