@@ -343,9 +343,9 @@ func TestHerdDeadHolder(t *testing.T) {
 		// it: up to herdInstances-1 fills, never more reads.
 		{name: "fallback", leaseTTL: time.Minute, leaseWait: time.Second, wantSelects: herdInstances, wantFills: -1},
 		// The lease lives at most 2s (memcached counts whole seconds); the
-		// readers start 1s after it was taken, so it expires within 1s of
-		// their start, before their 1.5s LeaseWait ends.
-		{name: "expiry", leaseTTL: 2 * time.Second, leaseWait: 1500 * time.Millisecond, readersAfter: time.Second, wantSelects: 1, wantFills: 1},
+		// readers start 1.5s after it was taken, so it expires within 0.5s
+		// of their start, before their 1s LeaseWait (at most LeaseTTL/2) ends.
+		{name: "expiry", leaseTTL: 2 * time.Second, leaseWait: time.Second, readersAfter: 1500 * time.Millisecond, wantSelects: 1, wantFills: 1},
 		{name: "failed", leaseTTL: time.Minute, leaseWait: 30 * time.Second, fail: true, wantSelects: 1, wantFills: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -53,7 +53,8 @@ type Options struct {
 	LeaseTTL time.Duration
 
 	// LeaseWait is how long a reader waits for another's fill (polling with
-	// jittered backoff) before it reads the database itself. Default 250ms.
+	// jittered backoff) before it reads the database itself. Default 250ms;
+	// at most LeaseTTL/2, so the shared load still has time for that read.
 	LeaseWait time.Duration
 
 	// MaxItemSize is the largest envelope the store writes; larger values are
@@ -127,6 +128,9 @@ func (o *Options) withDefaults() Options {
 	if r.LeaseWait <= 0 {
 		r.LeaseWait = 250 * time.Millisecond
 	}
+	// A wait must end while the shared load (bounded by LeaseTTL) still has
+	// time to read the database itself.
+	r.LeaseWait = min(r.LeaseWait, r.LeaseTTL/2)
 	if r.MaxItemSize <= 0 {
 		r.MaxItemSize = 1<<20 - 1<<10
 	}
