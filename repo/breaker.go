@@ -12,10 +12,12 @@ import (
 
 // breaker keeps reads off a cache that is failing. After BreakerFailures
 // consecutive transport failures (timeouts, refused or reset connections;
-// not misses or CAS conflicts) it opens: reads go straight to the database
-// without paying the client timeout. After a cooldown (doubling on each
-// failed probe, up to 30s) the next read probes the cache with a request of
-// its own. If the cache answers, recover runs (the store replays its outbox
+// not misses or CAS conflicts), or at once when a read gives up on the cache
+// and reads the database (trip), it opens: reads go straight to the database
+// without paying the client timeout. After a timeout, a cooldown (doubling
+// on each failed probe, up to 30s) passes before the next read probes the
+// cache with a request of its own; after a fast failure the next read probes
+// at once, since that costs nothing. If the cache answers, recover runs (the store replays its outbox
 // there, so keys whose invalidation failed during the outage are gone) and
 // only then does the breaker close and the read go to the cache. No read
 // ever uses an answer the cache gave before recovery finished.
@@ -58,12 +60,12 @@ func (b *breaker) allowRead() bool {
 		return false
 	}
 	if err := b.probe(); isTransportErr(err) {
-		b.reopen()
+		b.reopen(err)
 		return false
 	}
 	if b.recover != nil {
 		if err := b.recover(); err != nil {
-			b.reopen()
+			b.reopen(err)
 			return false
 		}
 	}
@@ -73,8 +75,15 @@ func (b *breaker) allowRead() bool {
 	return true
 }
 
-// reopen extends an open breaker after a failed probe. b.mu is held.
-func (b *breaker) reopen() {
+// reopen extends an open breaker after a failed probe or recovery. b.mu is
+// held. A fast failure (refused, reset) costs the next probe nothing, so it
+// may come at once: a restarted memcached is used again as soon as it
+// answers. After a timeout the cooldown doubles, up to 30s.
+func (b *breaker) reopen(err error) {
+	if !isTimeout(err) {
+		b.until = time.Now()
+		return
+	}
 	b.cooldown = min(2*b.cooldown, 30*time.Second)
 	b.until = time.Now().Add(b.cooldown)
 }
@@ -89,7 +98,7 @@ func (b *breaker) record(err error) {
 		return
 	}
 	if int(b.bad.Add(1)) >= b.threshold {
-		b.trip()
+		b.trip(err)
 	}
 }
 
@@ -98,16 +107,26 @@ func (b *breaker) record(err error) {
 // holds (a write whose cache update failed, or has not run yet), so no read
 // of this store may use the cache again before recovery has replayed the
 // outbox.
-func (b *breaker) trip() {
+func (b *breaker) trip(err error) {
 	if b == nil || b.open.Load() {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.open.Load() {
-		b.until = time.Now().Add(b.cooldown)
+		b.until = time.Now()
+		if isTimeout(err) {
+			b.until = b.until.Add(b.cooldown)
+		}
 		b.open.Store(true)
 	}
+}
+
+// isTimeout reports whether err is a timeout (the kind of failure whose
+// cost the breaker exists to avoid repeating).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // isTransportErr reports whether err means the cache could not be reached,
@@ -162,10 +181,7 @@ func retryRead[R any](read func() (R, error), b *breaker) (r R, err error) {
 // retryable reports whether a read that failed with err is worth another
 // try at once: a transport failure that was not a timeout (a closed or
 // reset connection), since another timeout would double the wait.
-func retryable(err error) bool {
-	var ne net.Error
-	return isTransportErr(err) && !(errors.As(err, &ne) && ne.Timeout())
-}
+func retryable(err error) bool { return isTransportErr(err) && !isTimeout(err) }
 
 func (g guarded) Add(it *memcache.Item) error { return g.rec(g.Cache.Add(it)) }
 

@@ -44,7 +44,7 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		var err error
 		if items, err = s.cache.GetMulti(ckeys); err != nil {
 			s.cacheErr("get", ckeys[0], err)
-			s.br.trip() // see breaker.trip
+			s.br.trip(err) // see breaker.trip
 			cacheOK, items = false, nil
 		}
 	}

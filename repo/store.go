@@ -172,7 +172,7 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 		}
 	case !isMiss(err):
 		s.cacheErr("get", key, err)
-		s.br.trip()
+		s.br.trip(err)
 		return s.readDB(ctx, k)
 	}
 	s.stats.misses.Add(1)
