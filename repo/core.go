@@ -19,6 +19,11 @@ type core struct {
 	br    *breaker
 	opt   Options
 	stats counters
+
+	// lost, if set, records a key whose deletion failed in the outbox, so
+	// the Repairer deletes it later (Counter and Leaderboard, whose writes
+	// do not record their keys as they commit).
+	lost func(key string)
 }
 
 func newCore(cache Cache, o Options) core {
@@ -186,7 +191,23 @@ func (s *core) releaseLease(key string, token uint64) {
 func (s *core) invalidate(key string) bool {
 	if err := s.cache.Delete(key); err != nil && !isMiss(err) {
 		s.cacheErr("delete", key, err)
+		if s.lost != nil {
+			s.lost(key)
+		}
 		return false
 	}
 	return true
+}
+
+// recordLost returns a core.lost that inserts the key into the outbox table
+// on db, reporting failures through the hooks.
+func (s *core) recordLost(db DB, outbox string) func(key string) {
+	sql := "INSERT INTO " + quoteIdent(outbox) + " (cache_key) VALUES ($1)"
+	return func(key string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := db.Exec(ctx, sql, key); err != nil {
+			s.cacheErr("outbox", key, err)
+		}
+	}
 }

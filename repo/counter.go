@@ -85,7 +85,7 @@ func NewCounterTable(db DB, cache Cache, cfg CounterConfig, opts *Options) (*Cou
 		return nil, fmt.Errorf("repo: counter table %q: %w", cfg.Table, err)
 	}
 	t := quoteIdent(cfg.Table)
-	return &Counter{
+	c := &Counter{
 		core:   core{cache: cache, opt: o},
 		db:     db,
 		table:  cfg.Table,
@@ -94,7 +94,11 @@ func NewCounterTable(db DB, cache Cache, cfg CounterConfig, opts *Options) (*Cou
 		upsert: "INSERT INTO " + t + " AS c (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE" +
 			" SET value = c.value + EXCLUDED.value, version = DEFAULT RETURNING value, version",
 		selectOne: "SELECT value, version FROM " + t + " WHERE name = $1",
-	}, nil
+	}
+	if o.Outbox != "" {
+		c.lost = c.recordLost(db, o.Outbox)
+	}
+	return c, nil
 }
 
 // Key returns the cache key of the counter name, for tests and tooling.

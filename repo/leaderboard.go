@@ -163,7 +163,7 @@ func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*
 		return nil, fmt.Errorf("repo: leaderboard %q: %w", cfg.Table, err)
 	}
 	t := quoteIdent(cfg.Table)
-	return &Leaderboard{
+	lb := &Leaderboard{
 		core:     core{cache: cache, opt: o},
 		db:       db,
 		table:    cfg.Table,
@@ -180,7 +180,11 @@ func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*
 		rankSQL: "SELECT s.score, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND" +
 			" (o.score > s.score OR (o.score = s.score AND o.player < s.player))) FROM " + t + " s" +
 			" WHERE s.board = $1 AND s.player = $2",
-	}, nil
+	}
+	if o.Outbox != "" {
+		lb.lost = lb.recordLost(db, o.Outbox)
+	}
+	return lb, nil
 }
 
 // Key returns the cache key of board's list, for tests and tooling.

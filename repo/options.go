@@ -80,10 +80,13 @@ type Options struct {
 	BreakerCooldown time.Duration
 
 	// Outbox names the invalidation outbox table (usually
-	// "cachedrepo_outbox"). When set, every write records its cache key there
-	// in the same transaction, and a Repairer replays keys whose cache update
-	// did not happen. Empty (the default) means no outbox: a write whose cache
-	// update fails is only reported.
+	// "cachedrepo_outbox"). When set, every Store write records its cache key
+	// there in the same transaction, and a Repairer replays keys whose cache
+	// update did not happen. Counters and Leaderboards record a key there
+	// when deleting it from the cache fails (a crash between their commit and
+	// their cache step is not covered: their cached values expire after TTL).
+	// Empty (the default) means no outbox: a failed cache update is only
+	// reported.
 	Outbox string
 
 	// Hooks receive events the store does not return as errors.
