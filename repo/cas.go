@@ -242,19 +242,25 @@ func isClientError(err error) bool {
 	return err != nil && bytes.HasPrefix([]byte(err.Error()), []byte("memcache: client error"))
 }
 
-// leased loads the value of key after a miss, under the lease protocol of
-// Store.fill: the first caller Adds a lease placeholder, runs load and swaps
-// the result in only if the placeholder is still its own (any writer that
-// replaced or deleted it meanwhile makes the fill fail). Others poll with
-// jittered backoff for up to LeaseWait and use the value (use returns it
-// and true), then run load themselves without caching. load returns the
+// leased loads the value of key after a miss, under the lease protocol: the
+// first caller Adds a lease placeholder, runs load and swaps the result in
+// only if the placeholder is still its own (any writer that replaced or
+// deleted it meanwhile makes the fill fail); if someone else's value is
+// there by then, it answers with that instead (see settle). Others poll with
+// jittered backoff for up to LeaseWait and use the value they find (use
+// decodes an item that is not a lease, given when the read began, and
+// reports false for a corrupt one); then they run load themselves, without
+// caching, and delete the slow holder's lease (see settle). load returns the
 // caller's result and the envelope to cache (nil: cache nothing).
 func (s *core) leased(ctx context.Context, key string,
-	use func(*memcache.Item) (any, bool),
+	use func(it *memcache.Item, at time.Time) (any, bool),
 	load func(context.Context) (result any, value []byte, flags uint32, exp int32, err error),
 ) (any, error) {
-	direct := func() (any, error) {
+	direct := func(giveUp bool) (any, error) {
 		r, _, _, _, err := load(ctx)
+		if err == nil && giveUp {
+			s.invalidate(key)
+		}
 		return r, err
 	}
 	deadline := time.Now().Add(s.opt.LeaseWait)
@@ -268,24 +274,30 @@ func (s *core) leased(ctx context.Context, key string,
 				s.releaseLease(key, token)
 				return r, err
 			}
-			s.swapLease(key, token, value, flags, exp)
+			at := time.Now()
+			if it := s.swapLease(key, token, value, flags, exp); it != nil {
+				if r2, ok := use(it, at); ok {
+					return r2, nil
+				}
+			}
 			return r, nil
 		}
 		if !errors.Is(err, memcache.ErrNotStored) {
 			s.cacheErr("lease", key, err)
-			return direct()
+			return direct(false)
 		}
-		for {
+		for { // someone else's value, tombstone or lease is there
+			at := time.Now()
 			it, err := s.cache.Get(key)
 			if isMiss(err) {
 				break // released, or filled and evicted: try the lease again
 			}
 			if err != nil {
 				s.cacheErr("get", key, err)
-				return direct()
+				return direct(false)
 			}
 			if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
-				if r, ok := use(it); ok {
+				if r, ok := use(it, at); ok {
 					return r, nil
 				}
 				s.cacheErr("decode", key, ErrCorrupt)
@@ -293,7 +305,7 @@ func (s *core) leased(ctx context.Context, key string,
 				break
 			}
 			if time.Now().After(deadline) || attempt > 64 {
-				return direct() // the holder is slow or dead
+				return direct(true) // the holder is slow or dead
 			}
 			s.stats.leaseWaits.Add(1)
 			if err := sleep(ctx, backoff/2+rand.N(backoff)); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
@@ -242,7 +243,7 @@ func (c *Counter) Get(ctx context.Context, name string) (int64, error) {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opt.LeaseTTL)
 		defer cancel()
 		return c.leased(lctx, key,
-			func(it *memcache.Item) (any, bool) { return openCounter(it) },
+			func(it *memcache.Item, _ time.Time) (any, bool) { return openCounter(it) },
 			func(ctx context.Context) (any, []byte, uint32, int32, error) {
 				v, ver, err := c.read(ctx, name)
 				if err != nil {

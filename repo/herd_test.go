@@ -339,9 +339,10 @@ func TestHerdDeadHolder(t *testing.T) {
 		wantFills   int
 	}{
 		// Each store falls back after LeaseWait and deletes the dead lease,
-		// so a store still waiting may find the key free, lease and fill
-		// it: up to herdInstances-1 fills, never more reads.
-		{name: "fallback", leaseTTL: time.Minute, leaseWait: time.Second, wantSelects: herdInstances, wantFills: -1},
+		// so a store still waiting may find the key free (it leases and
+		// fills) or filled (it reads nothing): at most one read per store
+		// (wantSelects -1), fewer than herdInstances fills.
+		{name: "fallback", leaseTTL: time.Minute, leaseWait: time.Second, wantSelects: -1, wantFills: -1},
 		// The lease lives at most 2s (memcached counts whole seconds); the
 		// readers start 1.5s after it was taken, so it expires within 0.5s
 		// of their start, before their 1s LeaseWait (at most LeaseTTL/2) ends.
@@ -396,7 +397,8 @@ func TestHerdDeadHolder(t *testing.T) {
 			t.Logf("readers done in %v (%v after the lease was taken); stats over the 4 stores: %+v",
 				took.Round(time.Millisecond), time.Since(leased).Round(time.Millisecond), sum)
 			fillsOK := sum.Fills == uint64(tc.wantFills) || tc.wantFills < 0 && sum.Fills < herdInstances
-			if selects != tc.wantSelects || other != 0 || !fillsOK {
+			selectsOK := selects == tc.wantSelects || tc.wantSelects < 0 && selects >= 1 && selects <= herdInstances
+			if !selectsOK || other != 0 || !fillsOK {
 				t.Fatalf("%d SELECTs, %d other statements, %d fills; want %d, 0, %d (stats %+v)",
 					selects, other, sum.Fills, tc.wantSelects, tc.wantFills, sum)
 			}

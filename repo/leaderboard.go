@@ -391,7 +391,7 @@ func (lb *Leaderboard) list(ctx context.Context, board string) (*lbList, error) 
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lb.opt.LeaseTTL)
 		defer cancel()
 		v, err := lb.leased(lctx, key,
-			func(it *memcache.Item) (any, bool) { return lb.open(s, board, it) },
+			func(it *memcache.Item, _ time.Time) (any, bool) { return lb.open(s, board, it) },
 			func(ctx context.Context) (any, []byte, uint32, int32, error) {
 				l, err := lb.read(ctx, board)
 				if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -103,6 +102,16 @@ type decoded struct {
 // open decodes item into *v. A corrupt item is deleted, reported and returned
 // with kind 0, which callers treat as a miss.
 func (s *Store[T, K]) open(it *memcache.Item, v *T) decoded {
+	d := s.decode(it, v)
+	if d.kind == 0 {
+		s.cacheErr("decode", it.Key, ErrCorrupt)
+		s.invalidate(it.Key)
+	}
+	return d
+}
+
+// decode decodes item into *v, with kind 0 for corrupt bytes.
+func (s *Store[T, K]) decode(it *memcache.Item, v *T) decoded {
 	k, ver, payload, ok := openEnvelope(it.Flags, it.Value)
 	if ok && k == kindValue {
 		if err := s.codec.Decode(payload, v); err != nil {
@@ -110,10 +119,6 @@ func (s *Store[T, K]) open(it *memcache.Item, v *T) decoded {
 		}
 	}
 	if !ok {
-		s.cacheErr("decode", it.Key, ErrCorrupt)
-		if err := s.cache.Delete(it.Key); err != nil && !isMiss(err) {
-			s.cacheErr("delete", it.Key, err)
-		}
 		return decoded{}
 	}
 	return decoded{kind: k, version: ver, token: payload}
@@ -220,100 +225,36 @@ func (s *Store[T, K]) load(ctx context.Context, k K, key string) (T, error) {
 }
 
 // fill is the cross-process half of a miss: take the lease, or wait for
-// whoever holds it, or give up waiting and read the database.
+// whoever holds it, or give up waiting and read the database (core.leased).
 func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], error) {
-	deadline := time.Now().Add(s.opt.LeaseWait)
-	backoff := time.Millisecond
-	for attempt := 0; ; attempt++ {
-		token := newToken()
-		err := s.cache.Add(s.leaseItem(key, token))
-		if err == nil {
-			return s.readAndFill(ctx, k, key, token)
-		}
-		if !errors.Is(err, memcache.ErrNotStored) {
-			s.cacheErr("lease", key, err)
-			return s.selectOne(ctx, k)
-		}
-		// Someone else's value, tombstone or lease is there.
-		for {
-			at := time.Now()
-			it, err := s.cache.Get(key)
-			if isMiss(err) {
-				break // gone (filled and evicted, or released): try the lease again
-			}
-			if err != nil {
-				s.cacheErr("get", key, err)
-				return s.selectOne(ctx, k)
-			}
+	r, err := s.leased(ctx, key,
+		func(it *memcache.Item, at time.Time) (any, bool) {
 			l := &loaded[T]{at: at}
-			d := s.open(it, &l.v)
-			switch d.kind {
+			switch s.decode(it, &l.v).kind {
 			case kindValue:
 				l.found = true
-				return l, nil
+				return l, true
 			case kindAbsent:
-				return l, nil
+				return l, true
 			}
-			if d.kind != kindLease {
-				break // corrupt, now deleted: try the lease again
+			return nil, false
+		},
+		func(ctx context.Context) (any, []byte, uint32, int32, error) {
+			l, err := s.selectOne(ctx, k)
+			if err != nil {
+				return nil, nil, 0, 0, err
 			}
-			if time.Now().After(deadline) || attempt > 64 {
-				// The holder is slow or dead: serve from the database, then
-				// delete its lease, whose fill may hold an older read than
-				// ours and must not land after we answered.
-				l, err := s.selectOne(ctx, k)
-				if err == nil {
-					s.invalidate(key)
-				}
-				return l, err
+			if !l.found {
+				value, flags := s.envelope(key, nil, 0)
+				return l, value, flags, s.expiry(s.opt.NegativeTTL, true), nil
 			}
-			s.stats.leaseWaits.Add(1)
-			if err := sleep(ctx, backoff/2+rand.N(backoff)); err != nil {
-				return nil, err
-			}
-			backoff = min(backoff*2, 32*time.Millisecond)
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// readAndFill runs with the lease held: read the row, then swap it in for the
-// lease. If anything replaced the lease meanwhile (a write, a delete, an
-// eviction), the fill is dropped: that writer's value is newer than our read.
-func (s *Store[T, K]) readAndFill(ctx context.Context, k K, key string, token uint64) (*loaded[T], error) {
-	l, err := s.selectOne(ctx, k)
+			value, flags := s.envelope(key, &l.v, s.versionOf(&l.v))
+			return l, value, flags, s.expiry(s.opt.TTL, true), nil
+		})
 	if err != nil {
-		s.releaseLease(key, token)
 		return nil, err
 	}
-	var value []byte
-	var flags uint32
-	var exp int32
-	if l.found {
-		value, flags = s.envelope(key, &l.v, s.versionOf(&l.v))
-		exp = s.expiry(s.opt.TTL, true)
-	} else {
-		value, flags = s.envelope(key, nil, 0)
-		exp = s.expiry(s.opt.NegativeTTL, true)
-	}
-	if value == nil {
-		s.releaseLease(key, token)
-		return l, nil
-	}
-	if it := s.swapLease(key, token, value, flags, exp); it != nil {
-		// Someone else's value is there now: answer with it (see settle).
-		c := &loaded[T]{at: l.at}
-		switch s.open(it, &c.v).kind {
-		case kindValue:
-			c.found = true
-			return c, nil
-		case kindAbsent:
-			return c, nil
-		}
-	}
-	return l, nil
+	return r.(*loaded[T]), nil
 }
 
 // selectOne reads one row from the database, without the cache.
