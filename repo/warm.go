@@ -1,0 +1,337 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+)
+
+// warmChunkRows bounds how many rows Warm adds before it verifies them, and so
+// the size of each verifying query.
+const warmChunkRows = 1000
+
+// errBreakerOpen is returned by Warm when the breaker keeps the store off
+// the cache.
+var errBreakerOpen = errors.New("cache unavailable (breaker open)")
+
+// Warm puts rows the caller has read from the database into the cache, ahead
+// of the reads that would otherwise fill them one miss at a time (after a
+// deploy, a cache restart or InvalidateAll). It returns how many rows it
+// left in the cache. It is safe for concurrent use, and safe while the
+// service reads and writes the same rows.
+//
+// Each row costs one memcached Add of exactly what a fill would store (the
+// envelope with the row's version, the TTL with jitter) under s.Key. Add
+// stores nothing if the key holds anything, so Warm never replaces a cached
+// value, a tombstone or another reader's lease: such rows are skipped, as
+// are rows whose envelope exceeds Options.MaxItemSize (reported to
+// Hooks.CacheError as ErrTooLarge). The Adds run one at a time on the
+// calling goroutine (gomemcache has no batched Add); for throughput run
+// several Warm calls concurrently, for example one per page of a
+// keyset-paginated SELECT of whole rows, with NewCacheClient's
+// maxConcurrency covering them.
+//
+// Add alone would race with writers: Warm's rows were read before a write
+// committed, the write's cache step found the key missing and so left it
+// missing (or, without a Version column, deleted it), and then Warm adds the
+// old row. So, for every chunk of up to 1,000 rows, once the Adds are
+// acknowledged Warm reads the added rows again and deletes every key whose
+// row has changed since (another version; without a Version column, other
+// encoded bytes) or is gone. That is enough: take any write to a warmed key
+// that the caller's read did not see. If it committed before the verifying
+// read began, that read sees it and the key is deleted. If it committed
+// later, its cache step runs after its commit, so after the Add was
+// acknowledged: it finds Warm's item (or whatever has replaced it) and
+// replaces or deletes it like any cached copy. Deleting is always safe: the
+// next Get fills the key under a lease. This needs every statement on the
+// store's DB to take a fresh snapshot (a pool, or a connection in READ
+// COMMITTED, the default); a REPEATABLE READ transaction would verify
+// against the caller's own snapshot.
+//
+// The verifying read costs one query per chunk when the rows come in key
+// order (as a keyset-paginated SELECT returns them) and the table has a
+// Version column: it reads the versions of the key range from the chunk's
+// first added row to its last, one index range scan. A version belongs to
+// one state of one row (Table.Version is drawn from a sequence), so finding
+// a row's version there proves the row current. Rows it does not vouch for
+// (changed, deleted, or out of order) are read again by key in a second
+// query, versions alone for single-column keys or with Table.KeyTypes, else
+// whole rows with GetMany's query. Without a Version column the verifying
+// read is GetMany's query. Chunks where nothing was added cost no query.
+//
+// If ctx ends, Warm deletes the keys it added in the unfinished chunk (they
+// cannot be verified) and returns ctx's error. A cache failure on one Add is
+// reported to Hooks.CacheError and the row is not counted; since the server
+// may have applied an Add whose reply was lost, the key is verified like an
+// added one. After Options.BreakerFailures consecutive failures, or one that
+// finds the breaker open, Warm stops, verifies what it added and returns an
+// error saying the cache is unavailable; with the breaker already open it
+// returns such an error at once. If the verifying read fails, the chunk's
+// added keys are deleted. Errors are *OpErrors with Op "warm"; they mean
+// that rows were not warmed, not that a stale row was left behind, unless a
+// delete failed too, which the error and Hooks.CacheError say. One window is
+// left, the one every cache write that times out has (see the package doc):
+// a server that applies a timed-out Add only after the verifying read, and
+// after a newer write's cache step, keeps the older row until its TTL.
+//
+// Stats: each row left in the cache counts as a Fill, each verifying query
+// as a DBRead.
+func (s *Store[T, K]) Warm(ctx context.Context, rows []T) (stored int, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, s.warmErr(err)
+	}
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	if !s.br.allowRead() {
+		return 0, s.warmErr(errBreakerOpen)
+	}
+	for start := 0; start < len(rows); start += warmChunkRows {
+		n, err := s.warmChunk(ctx, rows[start:min(start+warmChunkRows, len(rows))])
+		stored += n
+		if err != nil {
+			return stored, s.warmErr(err)
+		}
+	}
+	return stored, nil
+}
+
+func (s *Store[T, K]) warmErr(err error) error {
+	return &OpError{Op: "warm", Table: s.t.name, Err: err}
+}
+
+// warmed is one row Warm added, or may have added (sure is false: the Add
+// failed in transit, after the server may have applied it): its key, cache
+// key, version and (for tables without a Version column) envelope.
+type warmed[K comparable] struct {
+	k       K
+	key     string
+	version int64
+	value   []byte
+	sure    bool
+}
+
+// warmChunk adds rows and then verifies what it added.
+func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
+	added := make([]warmed[K], 0, len(rows))
+	var stop error
+	failures := 0 // consecutive transport failures
+	for i := range rows {
+		if err := ctx.Err(); err != nil {
+			stop = err
+			break
+		}
+		v := &rows[i]
+		w := warmed[K]{k: s.t.keyOf(v), version: s.versionOf(v)}
+		w.key = s.Key(w.k)
+		value, flags := s.envelope(w.key, v, w.version)
+		if value == nil {
+			continue // too large, reported
+		}
+		err := s.cache.Add(&memcache.Item{Key: w.key, Value: value, Flags: flags, Expiration: s.expiry(s.opt.TTL, true)})
+		w.sure = err == nil
+		if s.t.versionIdx < 0 {
+			w.value = value
+		}
+		switch {
+		case err == nil:
+			failures = 0
+			added = append(added, w)
+		case errors.Is(err, memcache.ErrNotStored):
+			failures = 0 // a value, tombstone or lease is there already
+		case isTransportErr(err):
+			s.cacheErr("fill", w.key, err)
+			added = append(added, w)
+			if failures++; failures >= s.opt.BreakerFailures || s.br.open.Load() {
+				stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
+			}
+		default: // refused for this item alone (e.g. the server's own size limit)
+			s.cacheErr("fill", w.key, err)
+		}
+		if stop != nil {
+			break
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		if failed := s.dropWarmed(added); failed > 0 {
+			return 0, fmt.Errorf("%w (and %d warmed keys could not be deleted)", err, failed)
+		}
+		return 0, err
+	}
+	kept, err := s.verifyWarmed(ctx, len(rows), added)
+	if stop != nil {
+		err = errors.Join(stop, err)
+	}
+	return kept, err
+}
+
+// verifyWarmed reads the added rows again and deletes the keys whose row
+// changed or disappeared since rows were read. It returns how many stayed.
+// chunk is how many rows the chunk had (added and not).
+func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warmed[K]) (int, error) {
+	if len(added) == 0 {
+		return 0, nil
+	}
+	stale := make([]bool, len(added))
+	if s.t.versionIdx >= 0 {
+		// A version belongs to one state of one row (Table.Version is drawn
+		// from a sequence), so a set of current versions that holds a warmed
+		// row's version proves that row current, whatever else it holds.
+		// First the versions of the key range from the first added row to
+		// the last: one index range scan when rows came in key order. Then,
+		// by key, the rows the range did not vouch for.
+		cur, err := s.rangeVersions(ctx, added[0].k, added[len(added)-1].k, max(chunk, 2*len(added))+16)
+		if err != nil {
+			return 0, s.verifyFailed(added, err)
+		}
+		var rest []int
+		for j := range added {
+			if _, ok := cur[added[j].version]; !ok {
+				rest = append(rest, j)
+			}
+		}
+		if len(rest) > 0 {
+			keys := make([]K, len(rest))
+			for n, j := range rest {
+				keys[n] = added[j].k
+			}
+			if cur, err = s.keyVersions(ctx, keys); err != nil {
+				return 0, s.verifyFailed(added, err)
+			}
+			for _, j := range rest {
+				_, ok := cur[added[j].version]
+				stale[j] = !ok
+			}
+		}
+	} else {
+		keys := make([]K, len(added))
+		for j := range added {
+			keys[j] = added[j].k
+		}
+		cur, err := s.selectMany(ctx, keys)
+		if err != nil {
+			return 0, s.verifyFailed(added, err)
+		}
+		now := make(map[K]*T, len(cur))
+		for i := range cur {
+			now[s.t.keyOf(&cur[i])] = &cur[i]
+		}
+		var buf []byte
+		for j := range added {
+			c, ok := now[added[j].k]
+			if ok {
+				buf = finishEnvelope(s.codec.Append(beginEnvelope(buf, 0), c))
+			}
+			stale[j] = !ok || !bytes.Equal(buf, added[j].value)
+		}
+	}
+	var drop []warmed[K]
+	kept := 0
+	for j := range added {
+		switch {
+		case stale[j]:
+			drop = append(drop, added[j])
+		case added[j].sure:
+			kept++
+		}
+	}
+	s.stats.fills.Add(uint64(kept))
+	if failed := s.dropWarmed(drop); failed > 0 {
+		return kept, fmt.Errorf("%d warmed keys changed in the database but could not be deleted", failed)
+	}
+	return kept, nil
+}
+
+// rangeVersions returns the versions of the first limit rows, in key order,
+// whose keys lie between first and last.
+func (s *Store[T, K]) rangeVersions(ctx context.Context, first, last K, limit int) (map[int64]struct{}, error) {
+	key := make([]string, len(s.t.keyCols))
+	lo := make([]string, len(key))
+	hi := make([]string, len(key))
+	for i, k := range s.t.keyCols {
+		key[i] = quoteIdent(k)
+		lo[i] = "$" + strconv.Itoa(i+1)
+		hi[i] = "$" + strconv.Itoa(len(key)+i+1)
+	}
+	cols := strings.Join(key, ", ")
+	sql := fmt.Sprintf("SELECT %s FROM %s WHERE (%s) >= (%s) AND (%s) <= (%s) ORDER BY %s LIMIT $%d",
+		quoteIdent(s.t.cols[s.t.versionIdx]), s.t.ident, cols, strings.Join(lo, ", "), cols, strings.Join(hi, ", "), cols, 2*len(key)+1)
+	args := make([]any, 0, 2*len(key)+1) // never append to what KeyArgs returned
+	args = append(append(append(args, s.t.keyArgs(first)...), s.t.keyArgs(last)...), limit)
+	return s.versions(ctx, sql, args)
+}
+
+// keyVersions returns the current versions of keys: GetMany's filter,
+// selecting the Version column alone, when the key's column types are known
+// without asking the catalog (one key column, or Table.KeyTypes); else
+// GetMany's query itself.
+func (s *Store[T, K]) keyVersions(ctx context.Context, keys []K) (map[int64]struct{}, error) {
+	version := quoteIdent(s.t.cols[s.t.versionIdx])
+	if len(s.t.keyCols) == 1 {
+		return s.versions(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", version, s.t.ident, quoteIdent(s.t.keyCols[0])), []any{keys})
+	}
+	if len(s.t.keyTypes) == len(s.t.keyCols) {
+		cols := make([]string, len(s.t.keyCols))
+		arrays := make([]string, len(s.t.keyCols))
+		for i, k := range s.t.keyCols {
+			cols[i] = quoteIdent(k)
+			arrays[i] = fmt.Sprintf("$%d::%s[]", i+1, s.t.keyTypes[i])
+		}
+		sql := fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (SELECT * FROM unnest(%s))", version, s.t.ident,
+			strings.Join(cols, ", "), strings.Join(arrays, ", "))
+		return s.versions(ctx, sql, s.columnArrays(keys))
+	}
+	rows, err := s.selectMany(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	cur := make(map[int64]struct{}, len(rows))
+	for i := range rows {
+		cur[s.versionOf(&rows[i])] = struct{}{}
+	}
+	return cur, nil
+}
+
+// versions runs a query of one bigint column and returns its values as a set.
+func (s *Store[T, K]) versions(ctx context.Context, sql string, args []any) (map[int64]struct{}, error) {
+	s.stats.dbReads.Add(1)
+	rows, _ := s.db.Query(ctx, sql, args...)
+	cur := make(map[int64]struct{})
+	var v int64
+	_, err := pgx.ForEachRow(rows, []any{&v}, func() error { cur[v] = struct{}{}; return nil })
+	return cur, err
+}
+
+// verifyFailed deletes what a chunk added, since it could not be verified,
+// and returns the error to report.
+func (s *Store[T, K]) verifyFailed(added []warmed[K], err error) error {
+	err = fmt.Errorf("verifying warmed rows: %w", err)
+	if failed := s.dropWarmed(added); failed > 0 {
+		err = fmt.Errorf("%w (and %d warmed keys could not be deleted)", err, failed)
+	}
+	return err
+}
+
+// dropWarmed deletes the keys of ws, reporting failures, and returns how many
+// may still be cached. It stops at the first transport failure: the cache is
+// unreachable, and each further delete would wait for the client timeout.
+func (s *Store[T, K]) dropWarmed(ws []warmed[K]) (failed int) {
+	for j, w := range ws {
+		err := s.cache.Delete(w.key)
+		if err == nil || isMiss(err) {
+			continue
+		}
+		s.cacheErr("delete", w.key, err)
+		if isTransportErr(err) {
+			return failed + len(ws) - j
+		}
+		failed++
+	}
+	return failed
+}
