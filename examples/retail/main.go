@@ -95,8 +95,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return runSeed(ctx, getenv, log, *scale, *workers, stdout)
 	case "warm":
-		batch := fs.Int("batch", 500, "keys per GetMany")
-		workers := fs.Int("workers", 16, "concurrent GetMany calls (and raw Sets)")
+		batch := fs.Int("batch", 500, "rows per page (one SELECT, then one Store.Warm call)")
+		workers := fs.Int("workers", 16, "concurrent Store.Warm calls (and raw Sets)")
 		raw := fs.Bool("raw", false, "also measure a raw parallel gomemcache Set of as many values of the same size")
 		out := fs.String("out", "", "write the results as JSON to this file")
 		if err := fs.Parse(args); err != nil {
@@ -336,7 +336,7 @@ func runWarm(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 		}
 	}
 	rep.Seconds, rep.RowsPerSec = secs, float64(rep.Rows)/max(secs, 1e-9)
-	fmt.Fprintf(out, "warm: %s rows in %.1fs: %s rows/s (stock: %s rows/s, %d workers x %d keys per GetMany)\n",
+	fmt.Fprintf(out, "warm: %s rows in %.1fs: %s rows/s (stock: %s rows/s, %d workers x %d rows per Warm call)\n",
 		thousands(rep.Rows), secs, thousands(int64(rep.RowsPerSec)), thousands(int64(rep.StockPerSec)), workers, batch)
 	if raw {
 		rep.Ratio = rep.StockPerSec / rep.RawSetsPerSec

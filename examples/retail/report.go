@@ -130,7 +130,7 @@ func (r report) markdown() string {
 		if w.RawSetsPerSec > 0 {
 			fmt.Fprintf(&b, "| raw parallel Set (%d-byte values) | %s | %.2f | %s |\n", w.RawValueBytes, thousands(w.RawSets),
 				float64(w.RawSets)/w.RawSetsPerSec, thousands(int64(w.RawSetsPerSec)))
-			fmt.Fprintf(&b, "\nStock warm-up rate / raw Set rate: **%.2f** (goal >= %.1f). %d workers, %d keys per GetMany.\n", w.Ratio, goalWarmRatio, w.Workers, w.Batch)
+			fmt.Fprintf(&b, "\nStock warm-up rate / raw Set rate: **%.2f** (goal >= %.1f). %d workers, %d rows per Store.Warm call.\n", w.Ratio, goalWarmRatio, w.Workers, w.Batch)
 		}
 	}
 	return b.String()
