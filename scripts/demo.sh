@@ -43,7 +43,7 @@ free_port() {
 state="$(mktemp -d /tmp/cachedrepo-demo.XXXXXX)"
 chmod 755 "$state"
 export CACHEDREPO_STATE_DIR="$state"
-CACHEDREPO_PG_PORT="$(free_port 55442)"
+CACHEDREPO_PG_PORT="$(free_port 25442)"
 CACHEDREPO_MEMCACHED_PORT="$(free_port 11321)"
 export CACHEDREPO_PG_PORT CACHEDREPO_MEMCACHED_PORT
 big_mc_pid=""

@@ -10,7 +10,7 @@
 #   bash scripts/servers.sh stop     # keeps the data; `reset` also deletes it
 #
 # State (data directory, logs, pid files) lives in $CACHEDREPO_STATE_DIR,
-# default /tmp/cachedrepo-dev. Ports: $CACHEDREPO_PG_PORT (default 55432) and
+# default /tmp/cachedrepo-dev. Ports: $CACHEDREPO_PG_PORT (default 25432, below the ephemeral port range so no outgoing connection holds it) and
 # $CACHEDREPO_MEMCACHED_PORT (default 11311), both on 127.0.0.1 only.
 # PostgreSQL runs with trust auth as user postgres, fsync off: never use it
 # for data you want to keep. As root, the servers run as the postgres and
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 STATE_DIR="${CACHEDREPO_STATE_DIR:-/tmp/cachedrepo-dev}"
-PG_PORT="${CACHEDREPO_PG_PORT:-55432}"
+PG_PORT="${CACHEDREPO_PG_PORT:-25432}"
 MC_PORT="${CACHEDREPO_MEMCACHED_PORT:-11311}"
 PG_DB="cachedrepo"
 PG_DIR="$STATE_DIR/pg"           # owned by the postgres user when root
