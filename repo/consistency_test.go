@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
 // The consistency checker. Several instances, each with its own pool and
@@ -140,123 +141,191 @@ type ckResult struct {
 
 func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 	t.Helper()
-	e := newEnv(t)
-	mp := startPrivateMemcached(t, "-m", "8") // small: the filler below causes evictions
-	px := newProxy(t, mp.Addr())
-	for k := int64(1); k <= int64(cfg.keys); k++ {
-		e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'init', 1, 0)`, k, fmt.Sprint("A", k))
-	}
-	delay := func() {
-		if rand.IntN(4) == 0 {
-			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
-		}
-	}
+	rig := newCkRig(t, cfg.keys)
+	e, px := rig.e, rig.px
 	var subjects []subject
 	var stores []*repo.Store[Product, int64]
 	var repairers []*repo.Repairer
 	for i := 0; i < cfg.instances; i++ {
-		pcfg, err := pgxpool.ParseConfig(e.url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pcfg.MaxConns = int32(cfg.workers + 2)
-		pcfg.ConnConfig.RuntimeParams["application_name"] = "consistency"
-		pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(pool.Close)
+		pool := newCkPool(t, e.url, cfg.workers)
 		mc, err := repo.NewCacheClient(cfg.workers*2, time.Second, px.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if cfg.protocol == "naive" {
-			subjects = append(subjects, naiveSubject{pool: pool, mc: mc, ns: e.ns, delay: delay})
+			subjects = append(subjects, naiveSubject{pool: pool, mc: mc, ns: e.ns, delay: ckDelay})
 			continue
 		}
-		o := e.opts(nil)
-		o.Outbox = "cachedrepo_outbox"
-		o.BreakerCooldown = 100 * time.Millisecond
-		o.LeaseWait = 50 * time.Millisecond
-		db := &hookDB{DB: pool, after: func(sql string) {
-			if strings.HasPrefix(sql, "SELECT") && !strings.Contains(sql, "FOR UPDATE") {
-				delay() // between the database read and the fill
-			}
-		}}
-		s, err := repo.New(db, mc, productTable, o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, r := newCkStore(t, pool, mc, e.ns)
 		stores = append(stores, s)
 		subjects = append(subjects, storeSubject{s})
-		repairers = append(repairers, repo.NewRepairer(pool, mc, repo.RepairerOptions{Delay: 200 * time.Millisecond, Interval: 50 * time.Millisecond}))
+		repairers = append(repairers, r)
 	}
 
 	start := time.Now()
-	now := func() int64 { return int64(time.Since(start)) }
+	rig.now = func() int64 { return int64(time.Since(start)) }
 	rctx, stop := context.WithTimeout(ctx, cfg.duration)
 	defer stop()
-	var mu sync.Mutex
-	var history []ckOp
-	var faults atomic.Int64
-	var faultLog ckFaults
 	var wg sync.WaitGroup
 	for _, r := range repairers {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = r.Run(rctx) }()
 	}
-	if len(cfg.faults) > 0 {
-		wg.Add(2)
-		go func() { // rotate through the fault kinds
-			defer wg.Done()
-			for i := 0; ; i++ {
-				if sleep(rctx, 400*time.Millisecond) != nil {
+	rig.injectFaults(t, rctx, &wg, cfg.faults)
+	history := runCkLoad(rctx, subjects, cfg.workers, cfg.keys, 0, "", rig.now)
+	wg.Wait()
+	px.Heal()
+
+	res := ckResult{ops: len(history), faults: int(rig.faults.Load())}
+	for _, s := range stores {
+		res.cacheErrors += int(s.Stats().CacheErrors)
+	}
+	rig.check(t, history, cfg.keys, &res)
+	if cfg.protocol == "store" {
+		res.cacheMismatches = rig.quiescence(t, cfg.keys)
+	}
+	return res
+}
+
+// ckDelay sleeps up to 3ms, once in four calls: between a fill's database
+// read and its cache write (and between the two steps of a naive write).
+func ckDelay() {
+	if rand.IntN(4) == 0 {
+		time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+	}
+}
+
+// ckRig is what one consistency run shares between its instances: a fresh
+// database holding the keys' initial rows, a small private memcached behind
+// a partition proxy, the run's clock and its fault timeline.
+type ckRig struct {
+	e        *env
+	mp       *repotest.MemcachedProcess
+	px       *proxy
+	now      func() int64 // nanoseconds since the run's start, set by the caller
+	faultLog ckFaults
+	faults   atomic.Int64
+}
+
+func newCkRig(t *testing.T, keys int) *ckRig {
+	t.Helper()
+	e := newEnv(t)
+	mp := startPrivateMemcached(t, "-m", "8") // small: the filler of injectFaults causes evictions
+	px := newProxy(t, mp.Addr())
+	for k := int64(1); k <= int64(keys); k++ {
+		e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'init', 1, 0)`, k, fmt.Sprint("A", k))
+	}
+	return &ckRig{e: e, mp: mp, px: px}
+}
+
+// newCkPool opens an instance's own pool. Its backends are named
+// "consistency", which is how the "kill" fault finds them.
+func newCkPool(t testing.TB, url string, workers int) *pgxpool.Pool {
+	t.Helper()
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcfg.MaxConns = int32(workers + 2)
+	pcfg.ConnConfig.RuntimeParams["application_name"] = "consistency"
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// newCkStore builds one checked store instance on its own pool and cache
+// client, with an outbox, a short breaker cooldown and lease wait, fill
+// delays (ckDelay between the database read and the fill), and its own
+// Repairer for the caller to run.
+func newCkStore(t testing.TB, pool *pgxpool.Pool, mc *memcache.Client, ns string) (*repo.Store[Product, int64], *repo.Repairer) {
+	t.Helper()
+	o := &repo.Options{Namespace: ns}
+	o.Outbox = "cachedrepo_outbox"
+	o.BreakerCooldown = 100 * time.Millisecond
+	o.LeaseWait = 50 * time.Millisecond
+	db := &hookDB{DB: pool, after: func(sql string) {
+		if strings.HasPrefix(sql, "SELECT") && !strings.Contains(sql, "FOR UPDATE") {
+			ckDelay() // between the database read and the fill
+		}
+	}}
+	s, err := repo.New(db, mc, productTable, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, repo.NewRepairer(pool, mc, repo.RepairerOptions{Delay: 200 * time.Millisecond, Interval: 50 * time.Millisecond})
+}
+
+// injectFaults starts, under wg and until rctx ends, the rotation through
+// kinds (one every 400ms) and, if there are any, the evictions.
+func (rig *ckRig) injectFaults(t *testing.T, rctx context.Context, wg *sync.WaitGroup, kinds []string) {
+	if len(kinds) == 0 {
+		return
+	}
+	e, mp, px, now := rig.e, rig.mp, rig.px, rig.now
+	wg.Add(2)
+	go func() { // rotate through the fault kinds
+		defer wg.Done()
+		for i := 0; ; i++ {
+			if sleep(rctx, 400*time.Millisecond) != nil {
+				return
+			}
+			kind := kinds[i%len(kinds)]
+			if only := os.Getenv("CACHEDREPO_CK_FAULT"); only != "" { // diagnose one kind: restart, partition, kill, none
+				kind = only
+			}
+			switch kind {
+			case "restart":
+				rig.faultLog.add(now(), "restart begins")
+				if err := mp.Restart(); err != nil {
+					t.Errorf("restart memcached: %v", err)
 					return
 				}
-				kind := cfg.faults[i%len(cfg.faults)]
-				if only := os.Getenv("CACHEDREPO_CK_FAULT"); only != "" { // diagnose one kind: restart, partition, kill, none
-					kind = only
-				}
-				switch kind {
-				case "restart":
-					faultLog.add(now(), "restart begins")
-					if err := mp.Restart(); err != nil {
-						t.Errorf("restart memcached: %v", err)
-						return
-					}
-				case "partition":
-					faultLog.add(now(), "partition")
-					px.Partition()
-					_ = sleep(rctx, 250*time.Millisecond)
-					faultLog.add(now(), "heal begins")
-					px.Heal()
-				case "kill":
-					faultLog.add(now(), "kill backends")
-					_, _ = e.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'consistency'`)
-				}
-				faultLog.add(now(), "fault done")
-				faults.Add(1)
+			case "partition":
+				rig.faultLog.add(now(), "partition")
+				px.Partition()
+				_ = sleep(rctx, 250*time.Millisecond)
+				rig.faultLog.add(now(), "heal begins")
+				px.Heal()
+			case "kill":
+				rig.faultLog.add(now(), "kill backends")
+				_, _ = e.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'consistency'`)
 			}
-		}()
-		go func() { // evictions: fill the small memcached with other values
-			defer wg.Done()
-			filler, _ := repo.NewCacheClient(2, 100*time.Millisecond, mp.Addr())
-			junk := make([]byte, 8<<10)
-			for i := 0; rctx.Err() == nil; i++ {
-				_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:junk:%d", e.ns, i), Value: junk})
-			}
-		}()
-	}
+			rig.faultLog.add(now(), "fault done")
+			rig.faults.Add(1)
+		}
+	}()
+	go func() { // evictions: fill the small memcached with other values
+		defer wg.Done()
+		filler, _ := repo.NewCacheClient(2, 100*time.Millisecond, mp.Addr())
+		junk := make([]byte, 8<<10)
+		for i := 0; rctx.Err() == nil; i++ {
+			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:junk:%d", e.ns, i), Value: junk})
+		}
+	}()
+}
+
+// runCkLoad runs workers goroutines per subject until rctx ends, each
+// reading (70%), upserting (25%) and deleting (5%) random keys, and returns
+// their history. Clients are numbered from firstClient; written values are
+// prefix+"v"+a number unique in this call, so prefix makes them unique
+// across calls.
+func runCkLoad(rctx context.Context, subjects []subject, workers, keys, firstClient int, prefix string, now func() int64) []ckOp {
+	var mu sync.Mutex
+	var history []ckOp
+	var wg sync.WaitGroup
 	var seq atomic.Int64
 	for i, sub := range subjects {
-		for w := 0; w < cfg.workers; w++ {
-			client := i*cfg.workers + w
+		for w := 0; w < workers; w++ {
+			client := firstClient + i*workers + w
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				var local []ckOp
 				for rctx.Err() == nil {
-					key := int64(1 + rand.IntN(cfg.keys))
+					key := int64(1 + rand.IntN(keys))
 					op := ckOp{client: client, key: key, call: now()}
 					var err error
 					switch r := rand.IntN(100); {
@@ -264,7 +333,7 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 						op.in.op = 'r'
 						op.out, err = sub.get(rctx, key)
 					case r < 95:
-						op.in = ckInput{'w', fmt.Sprintf("v%d", seq.Add(1))}
+						op.in = ckInput{'w', fmt.Sprintf("%sv%d", prefix, seq.Add(1))}
 						err = sub.put(rctx, key, op.in.value)
 					default:
 						op.in.op = 'd'
@@ -286,12 +355,12 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 		}
 	}
 	wg.Wait()
-	px.Heal()
+	return history
+}
 
-	res := ckResult{ops: len(history), faults: int(faults.Load())}
-	for _, s := range stores {
-		res.cacheErrors += int(s.Stats().CacheErrors)
-	}
+// check counts, per key of history, the stale reads and whether porcupine
+// proves it linearizable, into res.
+func (rig *ckRig) check(t *testing.T, history []ckOp, keys int, res *ckResult) {
 	// A failed write may have happened; with no end it could linearize
 	// anywhere after its start, which makes porcupine's search explode. One
 	// whose value no read saw can always be placed at the very end of the
@@ -310,42 +379,45 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 		}
 		byKey[op.key] = append(byKey[op.key], op)
 	}
-	for k := int64(1); k <= int64(cfg.keys); k++ {
+	for k := int64(1); k <= int64(keys); k++ {
 		ops := byKey[k]
 		res.staleReads += staleReads(ops)
-		switch linearizable(t, ops, &faultLog) {
+		switch linearizable(t, ops, &rig.faultLog) {
 		case porcupine.Illegal:
 			res.badKeys++
 		case porcupine.Unknown:
 			res.unprovenKeys++
 		}
 	}
+}
 
-	// Quiescence: replay what is left, then every cached row equals the database.
-	if cfg.protocol == "store" {
-		mc, _ := repo.NewCacheClient(4, time.Second, mp.Addr())
-		r := repo.NewRepairer(e.pool, mc, repo.RepairerOptions{})
-		if _, err := r.RunOnce(ctx, 0); err != nil {
-			t.Fatalf("final outbox replay: %v", err)
-		}
-		checker, err := repo.New(e.pool, mc, productTable, e.opts(nil))
-		if err != nil {
+// quiescence replays what is left of the outbox and then compares every
+// key's cached row with the database, returning the number that differ.
+func (rig *ckRig) quiescence(t *testing.T, keys int) int {
+	e := rig.e
+	mismatches := 0
+	mc, _ := repo.NewCacheClient(4, time.Second, rig.mp.Addr())
+	r := repo.NewRepairer(e.pool, mc, repo.RepairerOptions{})
+	if _, err := r.RunOnce(ctx, 0); err != nil {
+		t.Fatalf("final outbox replay: %v", err)
+	}
+	checker, err := repo.New(e.pool, mc, productTable, e.opts(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := int64(1); k <= int64(keys); k++ {
+		var want string
+		err := e.pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, k).Scan(&want)
+		if err != nil && !strings.Contains(err.Error(), "no rows") {
 			t.Fatal(err)
 		}
-		for k := int64(1); k <= int64(cfg.keys); k++ {
-			var want string
-			err := e.pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, k).Scan(&want)
-			if err != nil && !strings.Contains(err.Error(), "no rows") {
-				t.Fatal(err)
-			}
-			got, err := storeSubject{checker}.get(ctx, k)
-			if err != nil || got != want {
-				res.cacheMismatches++
-				t.Errorf("key %d after quiescence: cache %q (%v), database %q", k, got, err, want)
-			}
+		got, err := storeSubject{checker}.get(ctx, k)
+		if err != nil || got != want {
+			mismatches++
+			t.Errorf("key %d after quiescence: cache %q (%v), database %q", k, got, err, want)
 		}
 	}
-	return res
+	return mismatches
 }
 
 // staleReads counts reads that every possible source had been overwritten
