@@ -32,6 +32,7 @@ type breaker struct {
 
 	open atomic.Bool // fast path for readers
 	bad  atomic.Int32
+	slow atomic.Bool // the failure that opened (or kept open) the breaker was a timeout
 
 	mu       sync.Mutex
 	until    time.Time
@@ -80,6 +81,7 @@ func (b *breaker) allowRead() bool {
 // may come at once: a restarted memcached is used again as soon as it
 // answers. After a timeout the cooldown doubles, up to 30s.
 func (b *breaker) reopen(err error) {
+	b.slow.Store(isTimeout(err))
 	if !isTimeout(err) {
 		b.until = time.Now()
 		return
@@ -115,12 +117,17 @@ func (b *breaker) trip(err error) {
 	defer b.mu.Unlock()
 	if !b.open.Load() {
 		b.until = time.Now()
+		b.slow.Store(isTimeout(err))
 		if isTimeout(err) {
 			b.until = b.until.Add(b.cooldown)
 		}
 		b.open.Store(true)
 	}
 }
+
+// cheap reports whether a cache request costs little now: the breaker is
+// closed, or it opened on a fast failure (refused, reset), not a timeout.
+func (b *breaker) cheap() bool { return b == nil || !b.open.Load() || !b.slow.Load() }
 
 // isTimeout reports whether err is a timeout (the kind of failure whose
 // cost the breaker exists to avoid repeating).

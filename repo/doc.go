@@ -67,7 +67,10 @@
 // memcached restart) reads the database and trips the breaker: the store's
 // reads then skip the cache until it answers a probe again and the outbox
 // has been replayed, so keys whose invalidation failed meanwhile are gone
-// before this store trusts the cache. Writes always commit; if their cache
+// before this store trusts the cache. A read served by the database while
+// the cache fails fast (refused or reset connections, as around a restart)
+// deletes its key afterwards, best effort, as a reader that gave up on a
+// lease does: if the cache is back, no older fill outlives the answer. Writes always commit; if their cache
 // update fails, the key is deleted as a best effort, the failure reported
 // through Hooks.CacheError, and the write's outbox row (Options.Outbox)
 // stays for the Repairer.

@@ -106,6 +106,11 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		out[s.t.keyOf(&rows[i])] = rows[i]
 	}
 	if !cacheOK {
+		if s.br.cheap() { // see readAround
+			for _, i := range missing {
+				_ = s.cache.Delete(ckeys[i])
+			}
+		}
 		return out, nil
 	}
 

@@ -161,7 +161,7 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 	}
 	key := s.Key(k)
 	if !s.br.allowRead() {
-		return s.readDB(ctx, k)
+		return s.readAround(ctx, k, key)
 	}
 	it, err := s.cache.Get(key)
 	switch {
@@ -178,7 +178,7 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 	case !isMiss(err):
 		s.cacheErr("get", key, err)
 		s.br.trip(err)
-		return s.readDB(ctx, k)
+		return s.readAround(ctx, k, key)
 	}
 	s.stats.misses.Add(1)
 	return s.load(ctx, k, key)
@@ -270,6 +270,20 @@ func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 		return nil, err
 	}
 	return &loaded[T]{v: v, found: true, at: at}, nil
+}
+
+// readAround serves a Get from the database while the cache is not used (it
+// failed, or the breaker is open). The read may see a write whose cache
+// update is still under way, while the cache, if it is reachable again,
+// holds an older fill; so unless the cache fails by timing out (a request
+// would cost the timeout), the key is deleted after the read, best effort,
+// and later readers fill it afresh.
+func (s *Store[T, K]) readAround(ctx context.Context, k K, key string) (T, error) {
+	v, err := s.readDB(ctx, k)
+	if s.br.cheap() {
+		_ = s.cache.Delete(key)
+	}
+	return v, err
 }
 
 // readDB serves a Get from the database alone (the cache failed).
