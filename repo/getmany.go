@@ -26,16 +26,13 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, s.manyErr(err)
 	}
-	uniq := make([]K, 0, len(keys))
-	ckeys := make([]string, 0, len(keys))
-	seen := make(map[K]struct{}, len(keys))
-	for _, k := range keys {
-		if _, dup := seen[k]; dup {
-			continue
-		}
-		seen[k] = struct{}{}
-		uniq = append(uniq, k)
-		ckeys = append(ckeys, s.Key(k))
+	// Duplicates are harmless on the hit path (GetMulti answers a key once);
+	// they are dropped from the misses below, before leases and SQL.
+	uniq := keys
+	kb := s.gen.builder(&s.core)
+	ckeys := make([]string, len(keys))
+	for i, k := range keys {
+		ckeys[i] = s.keyWith(kb, k)
 	}
 
 	cacheOK := s.br.allowRead()
@@ -68,6 +65,18 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	}
 	if len(missing) == 0 {
 		return out, nil
+	}
+	if len(missing) > 1 {
+		seen := make(map[K]struct{}, len(missing))
+		n := 0
+		for _, i := range missing {
+			if _, dup := seen[uniq[i]]; !dup {
+				seen[uniq[i]] = struct{}{}
+				missing[n] = i
+				n++
+			}
+		}
+		missing = missing[:n]
 	}
 	s.stats.misses.Add(uint64(len(missing)))
 

@@ -71,8 +71,10 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 
 // Key returns the cache key of k. It is exported for tests and tooling (for
 // example, to inspect or delete one key by hand).
-func (s *Store[T, K]) Key(k K) string {
-	kb := s.gen.builder(&s.core)
+func (s *Store[T, K]) Key(k K) string { return s.keyWith(s.gen.builder(&s.core), k) }
+
+// keyWith returns the cache key of k under the key builder kb.
+func (s *Store[T, K]) keyWith(kb cachekeys.Builder, k K) string {
 	if s.t.keyPart != nil {
 		return s.t.keyPart(kb, k)
 	}
