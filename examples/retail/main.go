@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -104,12 +105,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return runWarm(ctx, getenv, log, *batch, *workers, *raw, *out, stdout)
 	case "serve":
+		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the service to this file until it stops")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		cfg, err := loadConfig(getenv)
 		if err != nil {
 			return err
+		}
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
 		}
 		return serve(ctx, cfg, log, nil)
 	case "load":
