@@ -172,7 +172,13 @@ func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*
 		localTTL: max(cfg.LocalTTL, 0),
 		keys:     kb,
 		seed:     maphash.MakeSeed(),
-		submitSQL: "INSERT INTO " + t + " AS s (board, player, score) VALUES ($1, $2, $3) ON CONFLICT (board, player)" +
+		// The version of an inserted row is drawn only after locking the
+		// player's current row, if any: an insert that waited for a
+		// concurrent Remove must be newer than the removed row (see
+		// compiled.buildSQL for the same rule in stores).
+		submitSQL: "INSERT INTO " + t + " AS s (board, player, score, version) VALUES ($1, $2, $3," +
+			" (SELECT nextval(pg_get_serial_sequence(" + quoteLiteral(t) + ", 'version')) FROM (SELECT count(*) FROM" +
+			" (SELECT 1 FROM " + t + " WHERE board = $1 AND player = $2 FOR UPDATE) AS l) AS w)) ON CONFLICT (board, player)" +
 			" DO UPDATE SET score = EXCLUDED.score, version = DEFAULT RETURNING version",
 		removeSQL:  "DELETE FROM " + t + " WHERE board = $1 AND player = $2 RETURNING version",
 		versionSQL: "SELECT version FROM " + t + " WHERE board = $1 AND player = $2",

@@ -607,3 +607,46 @@ func TestLeaderboardLocalTTL(t *testing.T) {
 		t.Errorf("hits %d -> %d", before.Hits, st.Hits)
 	}
 }
+
+// TestLeaderboardResubmitAfterConcurrentRemoveIsNewer: a Submit that waits
+// on a player's row while another transaction bumps and then deletes it
+// ends up inserting the row anew; its version must be above the deleted
+// row's, or a cached list could order the removal after the new score.
+func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
+	e := newEnv(t)
+	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 10}, e.opts(nil))
+	if err := lb.Submit(ctx, "b", "p1", 10); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM scores WHERE board = 'b' AND player = 'p1' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- lb.Submit(ctx, "b", "p1", 50) }() // waits for the lock
+	waitForLockWait(t, e)
+	var deleted int64
+	if _, err := tx.Exec(ctx, `UPDATE scores SET score = 11, version = DEFAULT WHERE board = 'b' AND player = 'p1'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, `DELETE FROM scores WHERE board = 'b' AND player = 'p1' RETURNING version`).Scan(&deleted); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var score, version int64
+	if err := e.pool.QueryRow(ctx, `SELECT score, version FROM scores WHERE board = 'b' AND player = 'p1'`).Scan(&score, &version); err != nil {
+		t.Fatal(err)
+	}
+	if score != 50 || version <= deleted {
+		t.Fatalf("re-inserted row: score %d version %d; the deleted row had version %d", score, version, deleted)
+	}
+}

@@ -416,3 +416,6 @@ func (c *compiled[T, K]) compositeSelectAny(types []string) string {
 	return fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (SELECT * FROM unnest(%s))",
 		strings.Join(q, ", "), c.ident, strings.Join(keys, ", "), strings.Join(arrays, ", "))
 }
+
+// quoteLiteral returns s as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
