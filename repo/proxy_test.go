@@ -46,13 +46,21 @@ func (p *proxy) Partition() { p.drop.Store(true) }
 
 // Heal resets the connections of the partition and forwards again.
 func (p *proxy) Heal() {
-	p.closeAll()
+	// Under mu, so that no connection accepted meanwhile is forwarded with
+	// drop still set (its first request would be lost and time out).
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closeLocked()
 	p.drop.Store(false)
 }
 
 func (p *proxy) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closeLocked()
+}
+
+func (p *proxy) closeLocked() {
 	for _, c := range p.conns {
 		c.Close()
 	}
