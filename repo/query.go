@@ -3,7 +3,6 @@ package repo
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"time"
 
@@ -100,7 +99,8 @@ func (q *Query[V]) Get(ctx context.Context, args ...string) (V, error) {
 		if r.Err != nil {
 			return zero, q.err(r.Err)
 		}
-		return r.Val.(V), nil
+		v, _ := r.Val.(V) // comma-ok: a nil result of an interface type V
+		return v, nil
 	case <-ctx.Done():
 		return zero, q.err(ctx.Err())
 	}
@@ -122,58 +122,51 @@ func (q *Query[V]) err(err error) error {
 // decode opens a cached result; a lease or corrupt bytes are not a result
 // (corrupt bytes are deleted and reported).
 func (q *Query[V]) decode(it *memcache.Item) (V, bool) {
+	if v, ok := q.open(it); ok {
+		return v, true
+	}
+	var zero V
+	if k, _, _, ok := openEnvelope(it.Flags, it.Value); ok && k == kindLease {
+		return zero, false
+	}
+	q.cacheErr("decode", it.Key, ErrCorrupt)
+	q.invalidate(it.Key)
+	return zero, false
+}
+
+// open decodes a cached result, reporting nothing.
+func (q *Query[V]) open(it *memcache.Item) (V, bool) {
 	var b box[V]
 	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
-	if ok && k == kindLease {
-		return b.V, false
-	}
 	if !ok || k != kindValue || q.codec.Decode(payload, &b) != nil {
-		q.cacheErr("decode", it.Key, ErrCorrupt)
-		q.invalidate(it.Key)
 		return b.V, false
 	}
 	return b.V, true
 }
 
+// fill runs the loader under the lease protocol (core.leased) and caches its
+// result, unless it is larger than MaxItemSize.
 func (q *Query[V]) fill(ctx context.Context, key string, args []string) (V, error) {
-	token := newToken()
-	err := q.cache.Add(q.leaseItem(key, token))
-	if err != nil && !isLost(err) {
-		q.cacheErr("lease", key, err)
-	}
-	if isLost(err) { // another process is loading: wait for its result, bounded
-		deadline := time.Now().Add(q.opt.LeaseWait)
-		for backoff := time.Millisecond; time.Now().Before(deadline); backoff = min(2*backoff, 32*time.Millisecond) {
-			q.stats.leaseWaits.Add(1)
-			if err := sleep(ctx, backoff/2+rand.N(backoff)); err != nil {
-				var zero V
-				return zero, err
-			}
-			it, err := q.cache.Get(key)
+	r, err := q.leased(ctx, key,
+		func(it *memcache.Item, _ time.Time) (any, bool) { return q.open(it) },
+		func(ctx context.Context) (any, []byte, uint32, int32, error) {
+			q.stats.dbReads.Add(1)
+			v, err := q.load(ctx, args...)
 			if err != nil {
-				break
+				return nil, nil, 0, 0, err
 			}
-			if v, ok := q.decode(it); ok {
-				return v, nil
+			b := box[V]{V: v}
+			value := finishEnvelope(q.codec.Append(beginEnvelope(make([]byte, 0, 256), 0), &b))
+			if len(value) > q.opt.MaxItemSize {
+				q.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), q.opt.MaxItemSize))
+				value = nil
 			}
-		}
+			return v, value, flagsOf(kindValue), q.expiry(q.opt.TTL, true), nil
+		})
+	if err != nil {
+		var zero V
+		return zero, err
 	}
-	q.stats.dbReads.Add(1)
-	v, lerr := q.load(ctx, args...)
-	if err != nil { // we hold no lease
-		return v, lerr
-	}
-	if lerr != nil {
-		q.releaseLease(key, token)
-		return v, lerr
-	}
-	b := box[V]{V: v}
-	value := finishEnvelope(q.codec.Append(beginEnvelope(make([]byte, 0, 256), 0), &b))
-	if len(value) > q.opt.MaxItemSize {
-		q.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), q.opt.MaxItemSize))
-		q.releaseLease(key, token)
-		return v, nil
-	}
-	q.swapLease(key, token, value, flagsOf(kindValue), q.expiry(q.opt.TTL, true))
+	v, _ := r.(V) // comma-ok: a nil result of an interface type V
 	return v, nil
 }
