@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
@@ -217,35 +218,47 @@ func (s *Store[T, K]) columnArrays(keys []K) []any {
 	return out
 }
 
-// compositeSQL returns the GetMany statement for a composite key, looking the
-// key columns' types up in the catalog on first use unless Table.KeyTypes
-// gave them.
+// compositeSQL returns the GetMany statement for a composite key.
 func (s *Store[T, K]) compositeSQL(ctx context.Context) (string, error) {
 	if p := s.anySQL.Load(); p != nil {
 		return *p, nil
 	}
-	s.anyOnce.Lock()
-	defer s.anyOnce.Unlock()
-	if p := s.anySQL.Load(); p != nil {
-		return *p, nil
+	types, err := s.keyColumnTypes(ctx)
+	if err != nil {
+		return "", err
 	}
-	types := s.t.keyTypes
-	if len(types) == 0 {
-		types = make([]string, len(s.t.keyCols))
-		for i, col := range s.t.keyCols {
-			err := s.db.QueryRow(ctx,
-				`SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-				 WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped`,
-				s.t.ident, col).Scan(&types[i])
-			if err != nil {
-				return "", fmt.Errorf("looking up the type of key column %q: %w", col, err)
-			}
-			if !validTypeName(types[i]) {
-				return "", fmt.Errorf("key column %q has type %q, which GetMany cannot cast to: set Table.KeyTypes", col, types[i])
-			}
-		}
-	}
-	sql := s.t.compositeSelectAny(types)
+	sql := s.t.selectAnyOf(strings.Join(quoteIdents(s.t.cols), ", "), types)
 	s.anySQL.Store(&sql)
 	return sql, nil
+}
+
+// keyColumnTypes returns the SQL types of a composite key's columns, looked
+// up in the catalog on first use unless Table.KeyTypes gave them.
+func (s *Store[T, K]) keyColumnTypes(ctx context.Context) ([]string, error) {
+	if len(s.t.keyTypes) == len(s.t.keyCols) {
+		return s.t.keyTypes, nil
+	}
+	if p := s.keyTypes.Load(); p != nil {
+		return *p, nil
+	}
+	s.anyOnce.Lock()
+	defer s.anyOnce.Unlock()
+	if p := s.keyTypes.Load(); p != nil {
+		return *p, nil
+	}
+	types := make([]string, len(s.t.keyCols))
+	for i, col := range s.t.keyCols {
+		err := s.db.QueryRow(ctx,
+			`SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+			 WHERE a.attrelid = $1::regclass AND a.attname = $2 AND NOT a.attisdropped`,
+			s.t.ident, col).Scan(&types[i])
+		if err != nil {
+			return nil, fmt.Errorf("looking up the type of key column %q: %w", col, err)
+		}
+		if !validTypeName(types[i]) {
+			return nil, fmt.Errorf("key column %q has type %q, which GetMany cannot cast to: set Table.KeyTypes", col, types[i])
+		}
+	}
+	s.keyTypes.Store(&types)
+	return types, nil
 }

@@ -29,8 +29,9 @@ type Store[T any, K comparable] struct {
 	w     writeSQL
 	group singleflight.Group
 
-	anyOnce sync.Mutex // guards selectAny for composite keys
-	anySQL  atomic.Pointer[string]
+	anyOnce  sync.Mutex // guards keyTypes
+	keyTypes atomic.Pointer[[]string]
+	anySQL   atomic.Pointer[string] // GetMany's statement for composite keys
 
 	insMu  sync.Mutex                // guards insSQL
 	insSQL atomic.Pointer[[2]string] // insert and upsert, with the version's sequence

@@ -319,11 +319,17 @@ func singleKeyPart[K comparable](kt reflect.Type) func(cachekeys.Builder, K) str
 	return nil
 }
 
-func (c *compiled[T, K]) buildSQL() {
-	q := make([]string, len(c.cols))
-	for i, col := range c.cols {
-		q[i] = quoteIdent(col)
+// quoteIdents quotes each of names with quoteIdent.
+func quoteIdents(names []string) []string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = quoteIdent(n)
 	}
+	return q
+}
+
+func (c *compiled[T, K]) buildSQL() {
+	q := quoteIdents(c.cols)
 	isKey := map[string]bool{}
 	for _, k := range c.keyCols {
 		isKey[k] = true
@@ -346,7 +352,7 @@ func (c *compiled[T, K]) buildSQL() {
 	c.selectOne = fmt.Sprintf("SELECT %s FROM %s WHERE %s", cols, c.ident, whereKey)
 	c.selectForUpdate = c.selectOne + " FOR UPDATE"
 	if len(c.keyCols) == 1 {
-		c.selectAny = fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", cols, c.ident, quoteIdent(c.keyCols[0]))
+		c.selectAny = c.selectAnyOf(cols, nil)
 	} // composite: built on first GetMany, once the key types are known
 
 	var ins, ph, set, excl []string
@@ -401,20 +407,20 @@ func (c *compiled[T, K]) buildSQL() {
 	c.delete = fmt.Sprintf("DELETE FROM %s WHERE %s RETURNING %s", c.ident, whereKey, ret)
 }
 
-// compositeSelectAny builds the GetMany statement for a composite key from
-// the key columns' SQL types.
-func (c *compiled[T, K]) compositeSelectAny(types []string) string {
+// selectAnyOf builds GetMany's filter selecting sel: "= ANY($1)" for one key
+// column, else a match against unnest of one typed array per key column
+// (types are the key columns' SQL types).
+func (c *compiled[T, K]) selectAnyOf(sel string, types []string) string {
+	if len(c.keyCols) == 1 {
+		return fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", sel, c.ident, quoteIdent(c.keyCols[0]))
+	}
 	var keys, arrays []string
 	for i, k := range c.keyCols {
 		keys = append(keys, quoteIdent(k))
 		arrays = append(arrays, fmt.Sprintf("$%d::%s[]", i+1, types[i]))
 	}
-	q := make([]string, len(c.cols))
-	for i, col := range c.cols {
-		q[i] = quoteIdent(col)
-	}
 	return fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (SELECT * FROM unnest(%s))",
-		strings.Join(q, ", "), c.ident, strings.Join(keys, ", "), strings.Join(arrays, ", "))
+		sel, c.ident, strings.Join(keys, ", "), strings.Join(arrays, ", "))
 }
 
 // quoteLiteral returns s as an SQL string literal.

@@ -267,35 +267,17 @@ func (s *Store[T, K]) rangeVersions(ctx context.Context, first, last K, limit in
 	return s.versions(ctx, sql, args)
 }
 
-// keyVersions returns the current versions of keys: GetMany's filter,
-// selecting the Version column alone, when the key's column types are known
-// without asking the catalog (one key column, or Table.KeyTypes); else
-// GetMany's query itself.
+// keyVersions returns the current versions of keys, with GetMany's filter.
 func (s *Store[T, K]) keyVersions(ctx context.Context, keys []K) (map[int64]struct{}, error) {
 	version := quoteIdent(s.t.cols[s.t.versionIdx])
 	if len(s.t.keyCols) == 1 {
-		return s.versions(ctx, fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", version, s.t.ident, quoteIdent(s.t.keyCols[0])), []any{keys})
+		return s.versions(ctx, s.t.selectAnyOf(version, nil), []any{keys})
 	}
-	if len(s.t.keyTypes) == len(s.t.keyCols) {
-		cols := make([]string, len(s.t.keyCols))
-		arrays := make([]string, len(s.t.keyCols))
-		for i, k := range s.t.keyCols {
-			cols[i] = quoteIdent(k)
-			arrays[i] = fmt.Sprintf("$%d::%s[]", i+1, s.t.keyTypes[i])
-		}
-		sql := fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (SELECT * FROM unnest(%s))", version, s.t.ident,
-			strings.Join(cols, ", "), strings.Join(arrays, ", "))
-		return s.versions(ctx, sql, s.columnArrays(keys))
-	}
-	rows, err := s.selectMany(ctx, keys)
+	types, err := s.keyColumnTypes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cur := make(map[int64]struct{}, len(rows))
-	for i := range rows {
-		cur[s.versionOf(&rows[i])] = struct{}{}
-	}
-	return cur, nil
+	return s.versions(ctx, s.t.selectAnyOf(version, types), s.columnArrays(keys))
 }
 
 // versions runs a query of one bigint column and returns its values as a set.
