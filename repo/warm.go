@@ -61,9 +61,9 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 // one state of one row (Table.Version is drawn from a sequence), so finding
 // a row's version there proves the row current. Rows it does not vouch for
 // (changed, deleted, or out of order) are read again by key in a second
-// query, versions alone for single-column keys or with Table.KeyTypes, else
-// whole rows with GetMany's query. Without a Version column the verifying
-// read is GetMany's query. Chunks where nothing was added cost no query.
+// query, their versions alone with GetMany's filter. Without a Version
+// column the verifying read is GetMany's query. Chunks where nothing was
+// added cost no query.
 //
 // If ctx ends, Warm deletes the keys it added in the unfinished chunk (they
 // cannot be verified) and returns ctx's error. A cache failure on one Add is
