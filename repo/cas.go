@@ -243,8 +243,8 @@ func isClientError(err error) bool {
 }
 
 // leased loads the value of key after a miss, under the lease protocol: the
-// first caller Adds a lease placeholder, runs load and swaps the result in
-// only if the placeholder is still its own (any writer that replaced or
+// first caller takes the key's lease (core.take), runs load and swaps the
+// result in only if the lease is still its own (any writer that replaced or
 // deleted it meanwhile makes the fill fail); if someone else's value is
 // there by then, it answers with that instead (see settle). Others poll with
 // jittered backoff for up to LeaseWait and use the value they find (use
@@ -256,47 +256,35 @@ func (s *core) leased(ctx context.Context, key string,
 	use func(it *memcache.Item, at time.Time) (any, bool),
 	load func(context.Context) (result any, value []byte, flags uint32, exp int32, err error),
 ) (any, error) {
-	direct := func(giveUp bool) (any, error) {
-		r, _, _, _, err := load(ctx)
-		if err == nil && giveUp {
-			s.invalidate(key)
-		}
-		return r, err
-	}
 	deadline := time.Now().Add(s.opt.LeaseWait)
 	backoff := time.Millisecond
+	poll := false
 	for attempt := 0; ; attempt++ {
-		token := newToken()
-		err := s.cache.Add(s.leaseItem(key, token))
-		if err == nil {
+		at := time.Now()
+		l, it, err := s.take(key, poll)
+		poll = false
+		switch {
+		case err != nil:
+			s.cacheErr("lease", key, err)
+			r, _, _, _, err := load(ctx)
+			return r, err
+		case l != nil:
 			r, value, flags, exp, err := load(ctx)
 			if err != nil || value == nil {
-				s.releaseLease(key, token)
+				l.release()
 				return r, err
 			}
 			at := time.Now()
-			if it := s.swapLease(key, token, value, flags, exp); it != nil {
+			if it := l.fill(value, flags, exp); it != nil {
 				if r2, ok := use(it, at); ok {
 					return r2, nil
 				}
 			}
 			return r, nil
-		}
-		if !errors.Is(err, memcache.ErrNotStored) {
-			s.cacheErr("lease", key, err)
-			return direct(false)
-		}
-		for { // someone else's value, tombstone or lease is there
-			at := time.Now()
-			it, err := s.cache.Get(key)
-			if isMiss(err) {
-				break // released, or filled and evicted: try the lease again
-			}
-			if err != nil {
-				s.cacheErr("get", key, err)
-				return direct(false)
-			}
-			if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
+		case it == nil: // released, or filled and evicted: try the lease again
+		default:
+			k, _, _, ok := openEnvelope(it.Flags, it.Value)
+			if !ok || k != kindLease {
 				if r, ok := use(it, at); ok {
 					return r, nil
 				}
@@ -304,14 +292,21 @@ func (s *core) leased(ctx context.Context, key string,
 				s.invalidate(key)
 				break
 			}
+			// someone else's lease
 			if time.Now().After(deadline) || attempt > 64 {
-				return direct(true) // the holder is slow or dead
+				// The holder is slow or dead: read, then delete its lease.
+				r, _, _, _, err := load(ctx)
+				if err == nil {
+					s.invalidate(key)
+				}
+				return r, err
 			}
 			s.stats.leaseWaits.Add(1)
 			if err := sleep(ctx, backoff/2+rand.N(backoff)); err != nil {
 				return nil, err
 			}
 			backoff = min(backoff*2, 32*time.Millisecond)
+			poll = true
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err

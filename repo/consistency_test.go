@@ -153,7 +153,7 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 			t.Fatal(err)
 		}
 		if cfg.protocol == "naive" {
-			subjects = append(subjects, naiveSubject{pool: pool, mc: mc, ns: e.ns, delay: ckDelay})
+			subjects = append(subjects, naiveSubject{pool: pool, mc: mc.Client, ns: e.ns, delay: ckDelay})
 			continue
 		}
 		s, r := newCkStore(t, pool, mc, e.ns)
@@ -240,7 +240,7 @@ func newCkPool(t testing.TB, url string, workers int) *pgxpool.Pool {
 // client, with an outbox, a short breaker cooldown and lease wait, fill
 // delays (ckDelay between the database read and the fill), and its own
 // Repairer for the caller to run.
-func newCkStore(t testing.TB, pool *pgxpool.Pool, mc *memcache.Client, ns string) (*repo.Store[Product, int64], *repo.Repairer) {
+func newCkStore(t testing.TB, pool *pgxpool.Pool, mc repo.Cache, ns string) (*repo.Store[Product, int64], *repo.Repairer) {
 	t.Helper()
 	o := &repo.Options{Namespace: ns}
 	o.Outbox = "cachedrepo_outbox"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,12 @@ type core struct {
 	// the Repairer deletes it later (Counter and Leaderboard, whose writes
 	// do not record their keys as they commit).
 	lost func(key string)
+
+	// meta, if set, serves Store reads over memcached's meta protocol (see
+	// CacheClient); handoff holds the leases its reads took, by key, for
+	// the load that fills them.
+	meta    *CacheClient
+	handoff sync.Map
 }
 
 func newCore(cache Cache, o Options) core {
@@ -115,6 +122,31 @@ func ownLease(it *memcache.Item, token uint64) bool {
 	return ok && k == kindLease && string(payload) == strconv.FormatUint(token, 36)
 }
 
+// A lease is a key's lease held by this caller, taken by core.take.
+type lease interface {
+	// fill replaces the lease with value if it is still there and
+	// unchanged, and otherwise settles the key as core.settle does: it
+	// returns the value or "not found" someone else cached meanwhile,
+	// which the caller must answer with, or nil.
+	fill(value []byte, flags uint32, exp int32) *memcache.Item
+	// release deletes the lease if it is still there and unchanged.
+	release()
+}
+
+// tokenLease is a lease taken with the classic commands: an Add of a lease
+// envelope holding a random token.
+type tokenLease struct {
+	s     *core
+	key   string
+	token uint64
+}
+
+func (l tokenLease) fill(value []byte, flags uint32, exp int32) *memcache.Item {
+	return l.s.swapLease(l.key, l.token, value, flags, exp)
+}
+
+func (l tokenLease) release() { l.s.releaseLease(l.key, l.token) }
+
 // swapLease replaces our lease on key with value, if it is still ours, and
 // otherwise settles the key as settle does.
 func (s *core) swapLease(key string, token uint64, value []byte, flags uint32, exp int32) *memcache.Item {
@@ -169,6 +201,101 @@ func (s *core) settle(key string, token uint64, it *memcache.Item, value []byte,
 		}
 	}
 	return nil
+}
+
+// metaFill adapts a *metaLease to lease: a fill that lost reads what the
+// key holds instead.
+type metaFill struct {
+	s *core
+	l *metaLease
+}
+
+func (m metaFill) fill(value []byte, flags uint32, exp int32) *memcache.Item {
+	err := m.s.rec(m.l.fill(value, flags, exp))
+	switch {
+	case err == nil:
+		m.s.stats.fills.Add(1)
+		return nil
+	case isMiss(err): // deleted by a write (or evicted): nothing to settle
+		return nil
+	case !isLost(err):
+		m.s.cacheErr("fill", m.l.key, err)
+		return nil
+	}
+	m.s.stats.casConflicts.Add(1)
+	return m.s.swapLease(m.l.key, 0, nil, 0, 0)
+}
+
+func (m metaFill) release() { m.l.release() }
+
+// rec reports the outcome of a meta request to the breaker.
+func (s *core) rec(err error) error {
+	s.br.record(err)
+	return err
+}
+
+// metaGet reads key with the meta client, taking its lease on a miss (see
+// CacheClient). It does not retry a connection that failed: the caller
+// trips the breaker, so this store replays the outbox before it trusts the
+// cache again (a cut connection may hide an outage during which writes
+// could not update the cache), and the client has already dropped the
+// connections that were cut with it.
+func (s *core) metaGet(key string) (*memcache.Item, *metaLease, error) {
+	type got struct {
+		it *memcache.Item
+		l  *metaLease
+	}
+	it, l, err := s.meta.leaseGet(key, s.expiry(s.opt.LeaseTTL, false))
+	return it, l, s.rec(err)
+}
+
+// take takes key's lease for a load, or returns what the key holds: an
+// item (a value or someone else's lease), or nil for nothing (try again).
+// poll means the last call found a lease, so the classic path reads before
+// it tries an Add. A lease this process's Get took for key (handoff) is
+// used first.
+func (s *core) take(key string, poll bool) (lease, *memcache.Item, error) {
+	if v, ok := s.handoff.LoadAndDelete(key); ok {
+		return metaFill{s, v.(*metaLease)}, nil, nil
+	}
+	if s.meta != nil {
+		it, l, err := s.metaGet(key)
+		if l != nil {
+			return metaFill{s, l}, nil, nil
+		}
+		if !errors.Is(err, errNoMeta) {
+			return nil, it, err
+		}
+	}
+	if !poll {
+		token := newToken()
+		err := s.cache.Add(s.leaseItem(key, token))
+		if err == nil {
+			return tokenLease{s, key, token}, nil, nil
+		}
+		if !errors.Is(err, memcache.ErrNotStored) {
+			return nil, nil, err
+		}
+	}
+	it, err := s.cache.Get(key)
+	if isMiss(err) {
+		return nil, nil, nil
+	}
+	return nil, it, err
+}
+
+// handOff passes the lease a Get took for key to whichever load of key runs
+// in this process (the Get's own, or one already under way that would
+// otherwise wait for that lease). done releases it if no load used it.
+func (s *core) handOff(key string, l *metaLease) (done func()) {
+	if old, ok := s.handoff.Swap(key, l); ok {
+		old.(*metaLease).release()
+	}
+	return func() {
+		if s.handoff.CompareAndDelete(key, l) {
+			l.release()
+		}
+	}
 }
 
 // newToken returns a lease token; 0 is never one.

@@ -69,13 +69,13 @@ func (r *hookRows) Close() {
 
 // privateCache starts a private memcached (args as for
 // repotest.StartMemcached) and returns it with a client.
-func privateCache(t testing.TB, args ...string) (*repotest.MemcachedProcess, *memcache.Client) {
+func privateCache(t testing.TB, args ...string) (*repotest.MemcachedProcess, *repo.CacheClient) {
 	t.Helper()
 	mp := repotest.StartMemcached(t, args...)
 	return mp, newClient(t, mp.Addr())
 }
 
-func newClient(t testing.TB, addr string) *memcache.Client {
+func newClient(t testing.TB, addr string) *repo.CacheClient {
 	t.Helper()
 	mc, err := repo.NewCacheClient(64, time.Second, addr)
 	if err != nil {

@@ -10,7 +10,8 @@ import (
 //
 //	value     a row: row version and the codec's bytes
 //	absent    a tombstone or negative entry: no row (with the deleting version)
-//	lease     a placeholder owned by one filler: a random token
+//	lease     a placeholder owned by one filler: a random token, or an
+//	          empty item with flags 0 (a lease taken by mg; see CacheClient)
 //
 // Flags hold the kind in the low byte and the envelope format in the next.
 // The value is [crc32c of the rest, 4 bytes][uvarint row version][payload].
@@ -46,6 +47,9 @@ func finishEnvelope(b []byte) []byte {
 // openEnvelope checks flags and checksum and returns the kind, the row
 // version and the payload. ok is false for anything it does not recognise.
 func openEnvelope(flags uint32, b []byte) (k kind, version int64, payload []byte, ok bool) {
+	if flags == 0 && len(b) == 0 { // the placeholder of a meta lease (see CacheClient)
+		return kindLease, 0, nil, true
+	}
 	if flags>>8 != envelopeFormat || len(b) < 5 {
 		return 0, 0, nil, false
 	}

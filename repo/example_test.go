@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/migrations"
@@ -160,7 +159,7 @@ func ExampleStore_Update() {
 // exampleServers returns what the examples need: a pool on a fresh database
 // with the migrations applied and three products, a memcached client, a key
 // namespace, and a function that closes the pool and drops the database.
-func exampleServers(name string) (*pgxpool.Pool, *memcache.Client, string, func(), error) {
+func exampleServers(name string) (*pgxpool.Pool, *repo.CacheClient, string, func(), error) {
 	sc, err := repotest.NewScratch(name)
 	if err != nil {
 		return nil, nil, "", nil, err

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -66,7 +65,7 @@ var stockTable = repo.Table[Stock, StockKey]{
 type env struct {
 	url   string
 	pool  *pgxpool.Pool
-	mc    *memcache.Client
+	mc    *repo.CacheClient
 	ns    string
 	mcAdr string
 }

@@ -421,7 +421,7 @@ func memcachedStat(t testing.TB, addr, name string) int64 {
 
 // fillUntilEvicting sets 400-byte values until memcached at addr reports
 // an eviction, and fails the test if a bound is reached first.
-func fillUntilEvicting(t testing.TB, mc *memcache.Client, addr, prefix string) {
+func fillUntilEvicting(t testing.TB, mc repo.Cache, addr, prefix string) {
 	t.Helper()
 	val := make([]byte, 400)
 	for n := 0; n < 200_000; n++ {

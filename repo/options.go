@@ -151,25 +151,3 @@ func (o *Options) withDefaults() Options {
 	}
 	return r
 }
-
-// NewCacheClient returns a gomemcache client configured for use with stores:
-// MaxIdleConns is set to maxConcurrency (gomemcache's default of 2 makes a
-// busy service open a new TCP connection every few hundred requests) and the
-// per-call Timeout to timeout (default 250ms when zero). It returns an error
-// if a server address does not resolve.
-func NewCacheClient(maxConcurrency int, timeout time.Duration, servers ...string) (*memcache.Client, error) {
-	var sl memcache.ServerList
-	if err := sl.SetServers(servers...); err != nil {
-		return nil, err
-	}
-	c := memcache.NewFromSelector(&sl)
-	if maxConcurrency < 2 {
-		maxConcurrency = 2
-	}
-	c.MaxIdleConns = maxConcurrency
-	if timeout <= 0 {
-		timeout = 250 * time.Millisecond
-	}
-	c.Timeout = timeout
-	return c, nil
-}

@@ -133,7 +133,11 @@ type Repairer struct {
 	cache Cache
 	opt   RepairerOptions
 	claim string
-	done  string
+	// claimAll is claim without SKIP LOCKED: drain waits for rows another
+	// Repairer has claimed, so that it never reports the outbox replayed
+	// while another's replay of a row may still fail.
+	claimAll string
+	done     string
 }
 
 // NewRepairer returns a Repairer of the outbox in db for cache.
@@ -152,8 +156,9 @@ func NewRepairer(db DB, cache Cache, opts RepairerOptions) *Repairer {
 	}
 	t := quoteIdent(opts.Table)
 	return &Repairer{db: db, cache: cache, opt: opts,
-		claim: fmt.Sprintf("SELECT id, cache_key FROM %s WHERE created_at <= now() - $1::interval ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED", t),
-		done:  fmt.Sprintf("DELETE FROM %s WHERE id = ANY($1)", t),
+		claim:    fmt.Sprintf("SELECT id, cache_key FROM %s WHERE created_at <= now() - $1::interval ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED", t),
+		claimAll: fmt.Sprintf("SELECT id, cache_key FROM %s WHERE created_at <= now() - $1::interval ORDER BY id LIMIT $2 FOR UPDATE", t),
+		done:     fmt.Sprintf("DELETE FROM %s WHERE id = ANY($1)", t),
 	}
 }
 
@@ -161,12 +166,16 @@ func NewRepairer(db DB, cache Cache, opts RepairerOptions) *Repairer {
 // repaired. It stops at the first cache failure (the rows stay for the next
 // pass) and returns that error.
 func (r *Repairer) RunOnce(ctx context.Context, minAge time.Duration) (int, error) {
+	return r.runOnce(ctx, minAge, r.claim)
+}
+
+func (r *Repairer) runOnce(ctx context.Context, minAge time.Duration, claim string) (int, error) {
 	tx, err := r.db.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("repo: outbox: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	rows, _ := tx.Query(ctx, r.claim, minAge, r.opt.Batch)
+	rows, _ := tx.Query(ctx, claim, minAge, r.opt.Batch)
 	type entry struct {
 		ID  int64
 		Key string
@@ -215,12 +224,13 @@ func (r *Repairer) Run(ctx context.Context) error {
 }
 
 // drain replays every outbox row, whatever its age, until none is left or
-// the time limit passes. It is the breaker's recovery step.
+// the time limit passes. It is the breaker's recovery step. Rows other
+// Repairers hold are waited for, not skipped: their replay may yet fail.
 func (r *Repairer) drain(ctx context.Context, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
-		n, err := r.RunOnce(ctx, 0)
+		n, err := r.runOnce(ctx, 0, r.claimAll)
 		if err != nil {
 			return err
 		}

@@ -63,6 +63,9 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	}
 	s := &Store[T, K]{core: newCore(cache, o), db: db, t: c, codec: cd,
 		gen: newGeneration(kb, o.GenerationRefresh), w: newWriteSQL(c, o.Outbox)}
+	if mc, ok := cache.(*CacheClient); ok {
+		s.meta = mc
+	}
 	if o.Outbox != "" {
 		r := NewRepairer(db, cache, RepairerOptions{Table: o.Outbox, Hooks: o.Hooks})
 		s.br.recover = func() error { return r.drain(context.Background(), s.opt.LeaseTTL) }
@@ -151,7 +154,9 @@ func (s *Store[T, K]) versionOf(v *T) int64 {
 
 // Get returns the row with key k, or an error wrapping ErrNotFound.
 //
-// A hit costs one memcached round trip and a decode. On a miss, concurrent
+// A hit costs one memcached round trip and a decode. With a *CacheClient
+// (see NewCacheClient), the read that misses also takes the key's lease, so
+// a miss costs two round trips, read and fill. On a miss, concurrent
 // Gets of the same key in this process share one load, and across processes
 // the first takes a lease on the key; the others wait up to LeaseWait for its
 // fill, then read the database themselves. The fill only replaces its own
@@ -166,7 +171,19 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 	if !s.br.allowRead() {
 		return s.readAround(ctx, k, key)
 	}
-	it, err := s.cache.Get(key)
+	var it *memcache.Item
+	var err error
+	if s.meta != nil {
+		var l *metaLease
+		if it, l, err = s.metaGet(key); l != nil {
+			s.stats.misses.Add(1)
+			defer s.handOff(key, l)()
+			return s.load(ctx, k, key)
+		}
+	}
+	if s.meta == nil || errors.Is(err, errNoMeta) {
+		it, err = s.cache.Get(key)
+	}
 	switch {
 	case err == nil:
 		d := s.open(it, &v)

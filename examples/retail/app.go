@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
@@ -19,8 +18,8 @@ type app struct {
 	cfg     config
 	log     *slog.Logger
 	pool    *pgxpool.Pool
-	mc      *memcache.Client // nil when CACHE=off
-	cache   repo.Cache       // mc, or offCache{} when CACHE=off
+	mc      *repo.CacheClient // nil when CACHE=off
+	cache   repo.Cache        // mc, or offCache{} when CACHE=off
 	queries *queryCounter
 	cat     *catalog
 	agg     *aggregates
