@@ -161,9 +161,10 @@ func BenchmarkGetManyHit(b *testing.B) {
 //   - raw: the primary-key SELECT alone, the database's share.
 //   - plain: naive cache-aside by hand (gomemcache Get, a miss; the same
 //     SELECT; encode with the same codec; Set): two memcached round trips.
-//   - store: Store.Get of a missing key: Get (a miss), lease Add, the same
-//     SELECT, encode, then the fill's gets and CompareAndSwap: four round
-//     trips, plus the in-process singleflight.
+//   - store: Store.Get of a missing key over a *CacheClient: mg (a miss
+//     that takes the lease), the same SELECT, encode, then the fill's ms
+//     with the lease's CAS id: two round trips, plus the in-process
+//     singleflight.
 //
 // The store's keys stay fresh by moving to a new namespace (an empty key
 // space) each time the ids wrap.

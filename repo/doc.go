@@ -19,14 +19,23 @@
 //
 // Stampedes. Concurrent misses of one key in a process share one load
 // (one caller's cancelled context does not fail the others). Across
-// processes the first reader Adds a lease placeholder; others poll with
-// jittered backoff for up to Options.LeaseWait and then read the database
-// themselves (without filling). A lease expires after Options.LeaseTTL, so a
-// filler that dies frees the key.
+// processes the first reader takes the key's lease, a placeholder item;
+// others poll with jittered backoff for up to Options.LeaseWait and then
+// read the database themselves (without filling). A lease expires after
+// Options.LeaseTTL, so a filler that dies frees the key. Over a
+// *CacheClient the read itself takes the lease (memcached's mg with N
+// creates an empty placeholder on a miss and tells the one reader that
+// created it), so a miss costs two memcached round trips, the read and the
+// fill, as plain cache-aside does. Over any other Cache the lease is an Add
+// after the miss, and the fill reads the CAS id with gets: four round trips.
 //
-// Stale sets. A fill replaces only its own lease, by CompareAndSwap with the
-// lease's CAS id. Any write replaces or deletes the lease first, so a reader
-// that read the row before a write committed can never put the old row back.
+// Stale sets. A fill replaces only its own lease, by compare-and-swap with
+// the lease's CAS id. Any write replaces or deletes the lease first, so a
+// reader that read the row before a write committed can never put the old
+// row back. CAS ids restart when memcached does, so a *CacheClient sends
+// the fill on the connection that took the lease: after a restart that
+// connection is dead and the fill fails, instead of matching a newer item
+// that happens to carry the same id.
 //
 // Answers never run ahead of the cache. A reader that read the database
 // answers with its own read only if its fill landed, or the key is empty.
@@ -62,12 +71,14 @@
 // a concurrent writer that got there first may not have updated the cache
 // yet, and no read after the call may contradict what the caller was told.
 //
-// Cache failures. A read that cannot reach the cache (after retrying a
-// connection that failed fast, as every pooled connection does once after a
-// memcached restart) reads the database and trips the breaker: the store's
-// reads then skip the cache until it answers a probe again and the outbox
-// has been replayed, so keys whose invalidation failed meanwhile are gone
-// before this store trusts the cache. A read served by the database while
+// Cache failures. A read that cannot reach the cache (over a *CacheClient
+// at the first failure, whose client then drops the idle connections cut
+// with it; over a plain gomemcache client after retrying a connection that
+// failed fast, as every pooled connection does once after a memcached
+// restart) reads the database and trips the breaker: the store's reads then
+// skip the cache until it answers a probe again and the outbox has been
+// replayed (waiting for rows other processes are replaying), so keys whose
+// invalidation failed meanwhile are gone before this store trusts the cache. A read served by the database while
 // the cache fails fast (refused or reset connections, as around a restart)
 // deletes its key afterwards, best effort, as a reader that gave up on a
 // lease does: if the cache is back, no older fill outlives the answer. Writes always commit; if their cache

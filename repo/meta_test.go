@@ -1,0 +1,229 @@
+package repo
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/cachedrepo/cachedrepo/repo/repotest"
+)
+
+// The meta-protocol half of CacheClient, against a real memcached.
+
+func metaClient(t *testing.T, addr string) *CacheClient {
+	t.Helper()
+	mc, err := NewCacheClient(4, time.Second, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mc
+}
+
+func mustLease(t *testing.T, mc *CacheClient, key string) *metaLease {
+	t.Helper()
+	it, l, err := mc.leaseGet(key, 3)
+	if err != nil || l == nil {
+		t.Fatalf("leaseGet(%s) of a missing key: lease %v, %v; want the lease", key, l, err)
+	}
+	if len(it.Value) != 0 || it.Flags != 0 {
+		t.Fatalf("leaseGet(%s): placeholder %q flags %d, want empty with flags 0", key, it.Value, it.Flags)
+	}
+	return l
+}
+
+func TestCacheClientLease(t *testing.T) {
+	mp := repotest.StartMemcached(t)
+	mc := metaClient(t, mp.Addr())
+
+	l := mustLease(t, mc, "k")
+	// Everyone else sees the placeholder as a lease, through mg and get.
+	it, l2, err := mc.leaseGet("k", 3)
+	if err != nil || l2 != nil {
+		t.Fatalf("second leaseGet: lease %v, %v; want none", l2, err)
+	}
+	if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
+		t.Fatalf("second leaseGet saw %q flags %d, not a lease", it.Value, it.Flags)
+	}
+	if it, err := mc.Get("k"); err != nil || len(it.Value) != 0 || it.Flags != 0 {
+		t.Fatalf("get of the placeholder: %+v %v", it, err)
+	}
+	if err := l.fill([]byte("v1"), 7, 60); err != nil {
+		t.Fatalf("fill: %v", err)
+	}
+	if it, err := mc.Get("k"); err != nil || string(it.Value) != "v1" || it.Flags != 7 {
+		t.Fatalf("after fill: %+v %v", it, err)
+	}
+	if it, l, err := mc.leaseGet("k", 3); err != nil || l != nil || string(it.Value) != "v1" || it.Flags != 7 {
+		t.Fatalf("leaseGet of a hit: %+v lease %v, %v", it, l, err)
+	}
+	if err := l.fill([]byte("again"), 7, 60); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("second fill with a used lease: %v, want ErrCacheMiss", err)
+	}
+
+	// A write between lease and fill wins.
+	l = mustLease(t, mc, "written")
+	if err := mc.Set(&memcache.Item{Key: "written", Value: []byte("new")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.fill([]byte("old"), 0, 60); !errors.Is(err, memcache.ErrCASConflict) {
+		t.Fatalf("fill after a write: %v, want ErrCASConflict", err)
+	}
+	if it, err := mc.Get("written"); err != nil || string(it.Value) != "new" {
+		t.Fatalf("after the lost fill: %+v %v", it, err)
+	}
+
+	// A delete between lease and fill wins.
+	l = mustLease(t, mc, "deleted")
+	if err := mc.Delete("deleted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.fill([]byte("old"), 0, 60); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("fill after a delete: %v, want ErrCacheMiss", err)
+	}
+	if _, err := mc.Get("deleted"); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("after the lost fill: %v, want a miss", err)
+	}
+
+	// release deletes only an unchanged placeholder.
+	l = mustLease(t, mc, "released")
+	l.release()
+	if _, err := mc.Get("released"); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("after release: %v, want a miss", err)
+	}
+	l = mustLease(t, mc, "kept")
+	if err := mc.Set(&memcache.Item{Key: "kept", Value: []byte("new")}); err != nil {
+		t.Fatal(err)
+	}
+	l.release()
+	if it, err := mc.Get("kept"); err != nil || string(it.Value) != "new" {
+		t.Fatalf("release after a write: %+v %v, want the write kept", it, err)
+	}
+}
+
+// CAS ids restart with memcached. A fill must not reach a restarted server,
+// where its CAS id can name another client's newer item.
+func TestCacheClientFillAfterRestart(t *testing.T) {
+	mp := repotest.StartMemcached(t)
+	mc := metaClient(t, mp.Addr())
+	other := metaClient(t, mp.Addr())
+
+	l := mustLease(t, mc, "k") // the first item of a new server
+	if err := mp.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	theirs := mustLease(t, other, "k") // the first item again
+	if theirs.cas != l.cas {
+		t.Fatalf("CAS ids %d and %d: the test needs them equal", l.cas, theirs.cas)
+	}
+	if err := l.fill([]byte("stale"), 0, 60); err == nil || isLost(err) {
+		t.Fatalf("fill across a restart: %v, want a transport error", err)
+	}
+	if it, err := other.Get("k"); err != nil || len(it.Value) != 0 {
+		t.Fatalf("after the fill across a restart the key holds %+v, %v; want the other lease", it, err)
+	}
+	if err := theirs.fill([]byte("fresh"), 0, 60); err != nil {
+		t.Fatalf("the new lease's fill: %v", err)
+	}
+	// The client recovers: the cut connections are gone.
+	if it, l, err := mc.leaseGet("k", 3); err != nil || l != nil || string(it.Value) != "fresh" {
+		t.Fatalf("leaseGet after the restart: %+v lease %v, %v", it, l, err)
+	}
+}
+
+// fakeServer answers every request line with reply.
+func fakeServer(t *testing.T, reply string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				rd := bufio.NewReader(c)
+				for {
+					if _, err := rd.ReadString('\n'); err != nil {
+						return
+					}
+					if _, err := c.Write([]byte(reply)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestCacheClientBadReplies(t *testing.T) {
+	for _, tc := range []struct {
+		reply string
+		want  func(error) bool
+	}{
+		{"ERROR\r\n", func(err error) bool { return errors.Is(err, errNoMeta) }},
+		{"SERVER_ERROR out of memory\r\n", func(err error) bool { return errors.Is(err, memcache.ErrServerError) }},
+		{"CLIENT_ERROR bad command line format\r\n", isClientError},
+		{"VA x c1\r\n", func(err error) bool { return err != nil }},
+		{"VA 5 c1 f0 W\r\nab", func(err error) bool { return err != nil }}, // value cut short
+		{"VA 2 c1 f0\r\nabcd\r\n", func(err error) bool { return err != nil }}, // value longer than said
+		{"HD\n", func(err error) bool { return err != nil }},
+	} {
+		mc := metaClient(t, fakeServer(t, tc.reply))
+		mc.Timeout = 200 * time.Millisecond
+		it, l, err := mc.leaseGet("k", 3)
+		if !tc.want(err) || it != nil || l != nil {
+			t.Errorf("reply %q: %+v lease %v, %v", tc.reply, it, l, err)
+		}
+		if got := mc.noMeta.Load(); got != (tc.reply == "ERROR\r\n") {
+			t.Errorf("reply %q: noMeta %v", tc.reply, got)
+		}
+	}
+}
+
+// Without the meta protocol (a server that answered ERROR), the lease
+// protocol runs on the classic commands; with it, the lease is mg's
+// placeholder. Either way the fill lands.
+func TestLeasedWithAndWithoutMeta(t *testing.T) {
+	mp := repotest.StartMemcached(t)
+	for _, meta := range []bool{true, false} {
+		mc := metaClient(t, mp.Addr())
+		mc.noMeta.Store(!meta)
+		c := newCore(mc, (&Options{}).withDefaults())
+		c.meta = mc
+		key := "leased-" + map[bool]string{true: "meta", false: "classic"}[meta]
+		var during *memcache.Item
+		r, err := c.leased(context.Background(), key,
+			func(it *memcache.Item, _ time.Time) (any, bool) { return string(it.Value), true },
+			func(context.Context) (any, []byte, uint32, int32, error) {
+				during, _ = mc.Get(key)
+				return "loaded", []byte("value"), flagsOf(kindValue), 60, nil
+			})
+		if err != nil || r != "loaded" {
+			t.Fatalf("meta=%v: leased: %v, %v", meta, r, err)
+		}
+		if during == nil {
+			t.Fatalf("meta=%v: no lease while loading", meta)
+		}
+		k, _, _, ok := openEnvelope(during.Flags, during.Value)
+		if !ok || k != kindLease || (len(during.Value) == 0) != meta {
+			t.Fatalf("meta=%v: while loading the key held %q flags %#x", meta, during.Value, during.Flags)
+		}
+		if it, err := mc.Get(key); err != nil || string(it.Value) != "value" {
+			t.Fatalf("meta=%v: after the fill: %+v %v", meta, it, err)
+		}
+		if st := c.Stats(); st.Fills != 1 {
+			t.Fatalf("meta=%v: stats %+v, want 1 fill", meta, st)
+		}
+	}
+}
