@@ -175,7 +175,7 @@ func TestCacheClientBadReplies(t *testing.T) {
 		{"SERVER_ERROR out of memory\r\n", func(err error) bool { return errors.Is(err, memcache.ErrServerError) }},
 		{"CLIENT_ERROR bad command line format\r\n", isClientError},
 		{"VA x c1\r\n", func(err error) bool { return err != nil }},
-		{"VA 5 c1 f0 W\r\nab", func(err error) bool { return err != nil }}, // value cut short
+		{"VA 5 c1 f0 W\r\nab", func(err error) bool { return err != nil }},     // value cut short
 		{"VA 2 c1 f0\r\nabcd\r\n", func(err error) bool { return err != nil }}, // value longer than said
 		{"HD\n", func(err error) bool { return err != nil }},
 	} {
