@@ -38,8 +38,7 @@ type CacheClient struct {
 	sel memcache.ServerSelector
 
 	noMeta atomic.Bool
-	mu     sync.Mutex
-	pools  map[string]*metaPool
+	pools  sync.Map // server address -> *metaPool
 }
 
 // NewCacheClient returns a CacheClient configured for use with stores:
@@ -61,7 +60,18 @@ func NewCacheClient(maxConcurrency int, timeout time.Duration, servers ...string
 		timeout = 250 * time.Millisecond
 	}
 	c.Timeout = timeout
-	return &CacheClient{Client: c, sel: &sl, pools: map[string]*metaPool{}}, nil
+	return &CacheClient{Client: c, sel: &sl}, nil
+}
+
+// Close closes the client's idle connections, those of the embedded
+// *memcache.Client included. Like gomemcache's, a client used after Close
+// opens new ones.
+func (c *CacheClient) Close() error {
+	c.pools.Range(func(_, v any) bool {
+		v.(*metaPool).closeIdle()
+		return true
+	})
+	return c.Client.Close()
 }
 
 // errNoMeta means the server does not speak the meta protocol.
@@ -94,13 +104,11 @@ func (c *CacheClient) conn(key string) (*metaConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	p := c.pools[addr.String()]
-	if p == nil {
-		p = &metaPool{addr: addr}
-		c.pools[addr.String()] = p
+	v, ok := c.pools.Load(addr.String())
+	if !ok {
+		v, _ = c.pools.LoadOrStore(addr.String(), &metaPool{addr: addr})
 	}
-	c.mu.Unlock()
+	p := v.(*metaPool)
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
 		mc := p.idle[n-1]

@@ -133,6 +133,13 @@ func TestCacheClientFillAfterRestart(t *testing.T) {
 	if it, l, err := mc.leaseGet("k", 3); err != nil || l != nil || string(it.Value) != "fresh" {
 		t.Fatalf("leaseGet after the restart: %+v lease %v, %v", it, l, err)
 	}
+	// Close drops the idle connections; the client still works after it.
+	if err := mc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if it, _, err := mc.leaseGet("k", 3); err != nil || string(it.Value) != "fresh" {
+		t.Fatalf("leaseGet after Close: %+v, %v", it, err)
+	}
 }
 
 // fakeServer answers every request line with reply.
