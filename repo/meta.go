@@ -197,6 +197,21 @@ func readValue(mc *metaConn, n int) ([]byte, error) {
 
 var crlf = []byte("\r\n")
 
+// parseDecimal parses an unsigned decimal number of at most 19 digits.
+func parseDecimal(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
+}
+
 // replyErr maps a response line that is not a success to an error.
 // Transport-level consequences (closing the connection) are the caller's.
 func replyErr(line []byte) error {
@@ -251,23 +266,38 @@ func (c *CacheClient) leaseGet(key string, ttl int32) (*memcache.Item, *metaLeas
 	// "VA <size> c<cas> f<flags> [W] [Z] [X]"
 	it := &memcache.Item{Key: key}
 	size, cas, won := -1, uint64(0), false
-	for i, f := range bytes.Fields(line[3:]) {
+	for i, rest := 0, line[3:]; len(rest) > 0; i++ {
+		f := rest
+		if j := bytes.IndexByte(rest, ' '); j >= 0 {
+			f, rest = rest[:j], rest[j+1:]
+		} else {
+			rest = nil
+		}
+		ok := len(f) > 0
 		switch {
+		case !ok:
 		case i == 0:
-			size, err = strconv.Atoi(string(f))
+			var n uint64
+			n, ok = parseDecimal(f)
+			size = int(min(n, 1<<31))
 		case f[0] == 'c':
-			cas, err = strconv.ParseUint(string(f[1:]), 10, 64)
+			cas, ok = parseDecimal(f[1:])
 		case f[0] == 'f':
 			var fl uint64
-			fl, err = strconv.ParseUint(string(f[1:]), 10, 32)
+			fl, ok = parseDecimal(f[1:])
+			ok = ok && fl <= 1<<32-1
 			it.Flags = uint32(fl)
 		case f[0] == 'W':
 			won = true
 		}
-		if err != nil || size < 0 {
+		if !ok {
 			mc.nc.Close()
 			return nil, nil, fmt.Errorf("memcache: malformed response %q", line)
 		}
+	}
+	if size < 0 {
+		mc.nc.Close()
+		return nil, nil, fmt.Errorf("memcache: malformed response %q", line)
 	}
 	if it.Value, err = readValue(mc, size); err != nil {
 		return nil, nil, err
