@@ -79,11 +79,12 @@ var errNoMeta = errors.New("memcache: server does not support meta commands")
 
 // metaPool holds idle connections to one server.
 type metaPool struct {
-	addr net.Addr
 	mu   sync.Mutex
 	idle []*metaConn
 }
 
+// metaConn is one connection of a metaPool, used by one request (or one
+// lease) at a time.
 type metaConn struct {
 	nc   net.Conn
 	rd   *bufio.Reader
@@ -106,7 +107,7 @@ func (c *CacheClient) conn(key string) (*metaConn, error) {
 	}
 	v, ok := c.pools.Load(addr.String())
 	if !ok {
-		v, _ = c.pools.LoadOrStore(addr.String(), &metaPool{addr: addr})
+		v, _ = c.pools.LoadOrStore(addr.String(), &metaPool{})
 	}
 	p := v.(*metaPool)
 	p.mu.Lock()
