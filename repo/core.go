@@ -30,7 +30,8 @@ type core struct {
 	// CacheClient); handoff holds the leases its reads took, by key, for
 	// the load that fills them.
 	meta    *CacheClient
-	handoff sync.Map
+	handMu  sync.Mutex
+	handoff map[string]*metaLease // guarded by handMu
 }
 
 func newCore(cache Cache, o Options) core {
@@ -255,8 +256,8 @@ func (s *core) metaGet(key string) (*memcache.Item, *metaLease, error) {
 // it tries an Add. A lease this process's Get took for key (handoff) is
 // used first.
 func (s *core) take(key string, poll bool) (lease, *memcache.Item, error) {
-	if v, ok := s.handoff.LoadAndDelete(key); ok {
-		return metaFill{s, v.(*metaLease)}, nil, nil
+	if l := s.handed(key, nil); l != nil {
+		return metaFill{s, l}, nil, nil
 	}
 	if s.meta != nil {
 		it, l, err := s.metaGet(key)
@@ -288,14 +289,34 @@ func (s *core) take(key string, poll bool) (lease, *memcache.Item, error) {
 // in this process (the Get's own, or one already under way that would
 // otherwise wait for that lease). done releases it if no load used it.
 func (s *core) handOff(key string, l *metaLease) (done func()) {
-	if old, ok := s.handoff.Swap(key, l); ok {
-		old.(*metaLease).release()
+	s.handMu.Lock()
+	if s.handoff == nil {
+		s.handoff = map[string]*metaLease{}
+	}
+	old := s.handoff[key]
+	s.handoff[key] = l
+	s.handMu.Unlock()
+	if old != nil {
+		old.release()
 	}
 	return func() {
-		if s.handoff.CompareAndDelete(key, l) {
+		if s.handed(key, l) != nil {
 			l.release()
 		}
 	}
+}
+
+// handed removes and returns the lease handed off for key, if any (and if
+// it is want, when want is not nil).
+func (s *core) handed(key string, want *metaLease) *metaLease {
+	s.handMu.Lock()
+	defer s.handMu.Unlock()
+	l := s.handoff[key]
+	if l == nil || (want != nil && l != want) {
+		return nil
+	}
+	delete(s.handoff, key)
+	return l
 }
 
 // newToken returns a lease token; 0 is never one.
