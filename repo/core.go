@@ -250,6 +250,19 @@ func (s *core) metaGet(key string) (*memcache.Item, *metaLease, error) {
 	return it, l, s.rec(err)
 }
 
+// getMulti reads keys as GetMulti does: over the meta client if there is
+// one (a pipeline of mg requests, taking no leases), else through the
+// guarded Cache. A failed meta read is not retried (see metaGet).
+func (s *core) getMulti(keys []string) (map[string]*memcache.Item, error) {
+	if s.meta != nil {
+		items, err := s.meta.getMulti(keys)
+		if !errors.Is(err, errNoMeta) {
+			return items, s.rec(err)
+		}
+	}
+	return s.cache.GetMulti(keys)
+}
+
 // take takes key's lease for a load, or returns what the key holds: an
 // item (a value or someone else's lease), or nil for nothing (try again).
 // poll means the last call found a lease, so the classic path reads before

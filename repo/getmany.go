@@ -14,9 +14,11 @@ import (
 // GetMany returns the rows with the given keys that exist, keyed by K;
 // missing keys are simply absent from the map (duplicates are read once).
 //
-// It costs one GetMulti, plus for the misses one lease Add per key, one SQL
-// query for all of them (= ANY($1), or unnest of the key columns for composite
-// keys) and one GetMulti and CAS per key to fill. Keys leased by others are
+// It costs one multi-get (over a *CacheClient, one pipeline of quiet mg
+// requests per server; otherwise gomemcache's GetMulti), plus for the misses
+// one lease Add per key, one SQL query for all of them (= ANY($1), or unnest
+// of the key columns for composite keys) and one multi-get and CAS per key
+// to fill. Keys leased by others are
 // read from the database without waiting. If the cache fails, everything is
 // read from the database.
 func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
@@ -40,7 +42,7 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	var items map[string]*memcache.Item
 	if cacheOK {
 		var err error
-		if items, err = s.cache.GetMulti(ckeys); err != nil {
+		if items, err = s.getMulti(ckeys); err != nil {
 			s.cacheErr("get", ckeys[0], err)
 			s.br.trip(err) // see breaker.trip
 			cacheOK, items = false, nil
@@ -130,7 +132,7 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	for j, i := range missing {
 		mkeys[j] = ckeys[i]
 	}
-	cur, err := s.cache.GetMulti(mkeys)
+	cur, err := s.getMulti(mkeys)
 	if err != nil {
 		s.cacheErr("fill", mkeys[0], err)
 		return out, nil

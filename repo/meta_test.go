@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -231,6 +232,81 @@ func TestLeasedWithAndWithoutMeta(t *testing.T) {
 		}
 		if st := c.Stats(); st.Fills != 1 {
 			t.Fatalf("meta=%v: stats %+v, want 1 fill", meta, st)
+		}
+	}
+}
+
+// getMulti answers as gomemcache's GetMulti does: the same items, values
+// and flags, misses left out, duplicates and several servers included.
+func TestCacheClientGetMulti(t *testing.T) {
+	a, b := repotest.StartMemcached(t), repotest.StartMemcached(t)
+	mc := metaClient(t, a.Addr())
+	both, err := NewCacheClient(4, time.Second, a.Addr(), b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*CacheClient{mc, both} {
+		var keys []string
+		for i := range 60 {
+			key := "gm-" + strconv.Itoa(i)
+			keys = append(keys, key)
+			var value []byte
+			switch i % 3 {
+			case 0:
+				continue // a miss
+			case 1:
+				value = []byte("VA 3 f1 k" + key + "\r\nMN\r\n") // looks like protocol
+			case 2: // empty
+			}
+			if err := c.Set(&memcache.Item{Key: key, Value: value, Flags: uint32(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		keys = append(keys, keys[1], keys[2], "gm-absent")
+		if groups, err := c.byServer(keys); err != nil || (c == both) != (len(groups) == 2) {
+			t.Fatalf("keys split over %d servers (%v)", len(groups), err)
+		}
+		got, err := c.getMulti(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := c.GetMulti(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) || len(got) != 40 {
+			t.Fatalf("getMulti found %d keys, GetMulti %d, want 40", len(got), len(want))
+		}
+		for k, w := range want {
+			g := got[k]
+			if g == nil || g.Key != k || string(g.Value) != string(w.Value) || g.Flags != w.Flags {
+				t.Fatalf("key %s: getMulti %+v, GetMulti %+v", k, g, w)
+			}
+		}
+		if _, err := c.getMulti(nil); err != nil {
+			t.Fatalf("getMulti of no keys: %v", err)
+		}
+	}
+	// The connection is left clean: a lease read after a pipeline works.
+	if it, _, err := mc.leaseGet("gm-1", 3); err != nil || it.Flags != 1 {
+		t.Fatalf("leaseGet after getMulti: %+v, %v", it, err)
+	}
+}
+
+func TestCacheClientGetMultiBadReplies(t *testing.T) {
+	for _, tc := range []struct {
+		reply string
+		want  func(error) bool
+	}{
+		{"ERROR\r\n", func(err error) bool { return errors.Is(err, errNoMeta) }},
+		{"VA 1 f0 kother\r\nx\r\nMN\r\n", func(err error) bool { return err != nil }}, // a key not asked for
+		{"VA 1 f0\r\nx\r\nMN\r\n", func(err error) bool { return err != nil }},        // no key
+		{"VA 9 f0 kk\r\nx\r\n", func(err error) bool { return err != nil }},           // value cut short
+	} {
+		mc := metaClient(t, fakeServer(t, tc.reply))
+		mc.Timeout = 200 * time.Millisecond
+		if items, err := mc.getMulti([]string{"k"}); !tc.want(err) {
+			t.Errorf("reply %q: %v, %v", tc.reply, items, err)
 		}
 	}
 }
