@@ -242,12 +242,21 @@ func (s *core) rec(err error) error {
 // could not update the cache), and the client has already dropped the
 // connections that were cut with it.
 func (s *core) metaGet(key string) (*memcache.Item, *metaLease, error) {
-	type got struct {
-		it *memcache.Item
-		l  *metaLease
-	}
 	it, l, err := s.meta.leaseGet(key, s.expiry(s.opt.LeaseTTL, false))
 	return it, l, s.rec(err)
+}
+
+// get reads key: over the meta client if there is one, taking its lease on
+// a miss (see metaGet), else through the guarded Cache.
+func (s *core) get(key string) (*memcache.Item, *metaLease, error) {
+	if s.meta != nil {
+		it, l, err := s.metaGet(key)
+		if !errors.Is(err, errNoMeta) {
+			return it, l, err
+		}
+	}
+	it, err := s.cache.Get(key)
+	return it, nil, err
 }
 
 // getMulti reads keys as GetMulti does: over the meta client if there is
@@ -269,10 +278,10 @@ func (s *core) getMulti(keys []string) (map[string]*memcache.Item, error) {
 // it tries an Add. A lease this process's Get took for key (handoff) is
 // used first.
 func (s *core) take(key string, poll bool) (lease, *memcache.Item, error) {
-	if l := s.handed(key, nil); l != nil {
-		return metaFill{s, l}, nil, nil
-	}
 	if s.meta != nil {
+		if l := s.handed(key, nil); l != nil {
+			return metaFill{s, l}, nil, nil
+		}
 		it, l, err := s.metaGet(key)
 		if l != nil {
 			return metaFill{s, l}, nil, nil

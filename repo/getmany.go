@@ -18,9 +18,8 @@ import (
 // requests per server; otherwise gomemcache's GetMulti), plus for the misses
 // one lease Add per key, one SQL query for all of them (= ANY($1), or unnest
 // of the key columns for composite keys) and one multi-get and CAS per key
-// to fill. Keys leased by others are
-// read from the database without waiting. If the cache fails, everything is
-// read from the database.
+// to fill. Keys leased by others are read from the database without
+// waiting. If the cache fails, everything is read from the database.
 func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	out := make(map[K]T, len(keys))
 	if len(keys) == 0 {

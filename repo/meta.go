@@ -152,28 +152,54 @@ func (c *CacheClient) put(mc *metaConn) {
 	}
 }
 
-// roundTrip sends mc.buf and reads the response line (without "\r\n";
-// valid until the next read from mc). On a transport or protocol failure the
-// connection is closed and must not be used again.
-func (c *CacheClient) roundTrip(mc *metaConn) (line []byte, err error) {
-	if err = mc.nc.SetDeadline(time.Now().Add(c.timeout())); err == nil {
-		if _, err = mc.nc.Write(mc.buf); err == nil {
-			line, err = mc.rd.ReadSlice('\n')
-			if err == nil && !bytes.HasSuffix(line, crlf) {
-				err = fmt.Errorf("memcache: malformed response %q", line)
-			}
-		}
+// roundTrip sends mc.buf and reads the response line (see readLine).
+func (c *CacheClient) roundTrip(mc *metaConn) ([]byte, error) {
+	err := mc.nc.SetDeadline(time.Now().Add(c.timeout()))
+	if err == nil {
+		_, err = mc.nc.Write(mc.buf)
 	}
 	if err != nil {
-		mc.nc.Close()
-		if !isTimeout(err) {
-			// The connection was cut (a restart, a reset): its idle
-			// siblings most likely were too.
-			mc.pool.closeIdle()
-		}
-		return nil, err
+		return nil, mc.fail(err)
+	}
+	return mc.readLine()
+}
+
+// readLine reads a response line, without "\r\n"; it is valid until the
+// next read from mc. On failure mc is closed and must not be used again.
+func (mc *metaConn) readLine() ([]byte, error) {
+	line, err := mc.rd.ReadSlice('\n')
+	if err == nil && !bytes.HasSuffix(line, crlf) {
+		err = fmt.Errorf("memcache: malformed response %q", line)
+	}
+	if err != nil {
+		return nil, mc.fail(err)
 	}
 	return line[:len(line)-2], nil
+}
+
+// appendValue reads a value of n bytes and its "\r\n" from mc and
+// appends the value to dst. On failure mc is closed.
+func (mc *metaConn) appendValue(dst []byte, n int) ([]byte, error) {
+	start := len(dst)
+	dst = append(dst, make([]byte, n+2)...)
+	if _, err := io.ReadFull(mc.rd, dst[start:]); err != nil {
+		return nil, mc.fail(err)
+	}
+	if !bytes.HasSuffix(dst, crlf) {
+		return nil, mc.fail(errors.New("memcache: malformed value"))
+	}
+	return dst[:len(dst)-2], nil
+}
+
+// fail closes mc after err and returns err. Unless err is a timeout, the
+// connection was cut (a restart, a reset), and its idle siblings most
+// likely were too: they are closed as well.
+func (mc *metaConn) fail(err error) error {
+	mc.nc.Close()
+	if !isTimeout(err) {
+		mc.pool.closeIdle()
+	}
+	return err
 }
 
 func (p *metaPool) closeIdle() {
@@ -184,21 +210,6 @@ func (p *metaPool) closeIdle() {
 	for _, mc := range idle {
 		mc.nc.Close()
 	}
-}
-
-// readValue reads a value of n bytes and its "\r\n" from mc, closing mc
-// on failure.
-func readValue(mc *metaConn, n int) ([]byte, error) {
-	v := make([]byte, n+2)
-	if _, err := io.ReadFull(mc.rd, v); err != nil {
-		mc.nc.Close()
-		return nil, err
-	}
-	if !bytes.HasSuffix(v, crlf) {
-		mc.nc.Close()
-		return nil, errors.New("memcache: malformed value")
-	}
-	return v[:n], nil
 }
 
 var crlf = []byte("\r\n")
@@ -276,7 +287,7 @@ func (c *CacheClient) leaseGet(key string, ttl int32) (*memcache.Item, *metaLeas
 		return nil, nil, fmt.Errorf("memcache: malformed response %q", line)
 	}
 	it := &memcache.Item{Key: key, Flags: h.flags}
-	if it.Value, err = readValue(mc, h.size); err != nil {
+	if it.Value, err = mc.appendValue(make([]byte, 0, h.size+2), h.size); err != nil {
 		return nil, nil, err
 	}
 	// W also marks a stale or expiring item when other clients use those
@@ -435,7 +446,7 @@ func (c *CacheClient) getPipeline(keys []string, out map[string]*memcache.Item) 
 	var ends []int
 	var keyErr error
 	next := 0
-	for ; err == nil && !bytes.Equal(line, []byte("MN")); line, err = c.readLine(mc) {
+	for ; err == nil && !bytes.Equal(line, []byte("MN")); line, err = mc.readLine() {
 		if !bytes.HasPrefix(line, []byte("VA ")) {
 			if e := replyErr(line); errors.Is(e, errNoMeta) {
 				c.noMeta.Store(true)
@@ -456,17 +467,9 @@ func (c *CacheClient) getPipeline(keys []string, out map[string]*memcache.Item) 
 		}
 		items = append(items, memcache.Item{Key: keys[next], Flags: h.flags})
 		next++
-		start := len(vals)
-		vals = append(vals, make([]byte, h.size+2)...)
-		if _, err = io.ReadFull(mc.rd, vals[start:]); err != nil {
-			mc.nc.Close()
+		if vals, err = mc.appendValue(vals, h.size); err != nil {
 			return err
 		}
-		if !bytes.HasSuffix(vals[start:], crlf) {
-			mc.nc.Close()
-			return errors.New("memcache: malformed value")
-		}
-		vals = vals[:len(vals)-2]
 		ends = append(ends, len(vals))
 	}
 	if err != nil {
@@ -480,19 +483,6 @@ func (c *CacheClient) getPipeline(keys []string, out map[string]*memcache.Item) 
 		out[items[i].Key] = &items[i]
 	}
 	return keyErr
-}
-
-// readLine reads the next response line of a pipeline (see roundTrip).
-func (c *CacheClient) readLine(mc *metaConn) ([]byte, error) {
-	line, err := mc.rd.ReadSlice('\n')
-	if err == nil && !bytes.HasSuffix(line, crlf) {
-		err = fmt.Errorf("memcache: malformed response %q", line)
-	}
-	if err != nil {
-		mc.nc.Close()
-		return nil, err
-	}
-	return line[:len(line)-2], nil
 }
 
 // vaHeader is what a "VA <size> <flags>*" line says.

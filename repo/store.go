@@ -171,18 +171,11 @@ func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 	if !s.br.allowRead() {
 		return s.readAround(ctx, k, key)
 	}
-	var it *memcache.Item
-	var err error
-	if s.meta != nil {
-		var l *metaLease
-		if it, l, err = s.metaGet(key); l != nil {
-			s.stats.misses.Add(1)
-			defer s.handOff(key, l)()
-			return s.load(ctx, k, key)
-		}
-	}
-	if s.meta == nil || errors.Is(err, errNoMeta) {
-		it, err = s.cache.Get(key)
+	it, l, err := s.get(key)
+	if l != nil { // a miss, and the lease is ours
+		s.stats.misses.Add(1)
+		defer s.handOff(key, l)()
+		return s.load(ctx, k, key)
 	}
 	switch {
 	case err == nil:
