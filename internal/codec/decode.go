@@ -1,10 +1,15 @@
 package codec
 
 import (
+	"bytes"
 	"encoding"
 	"encoding/binary"
+	"encoding/gob"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"reflect"
 	"time"
 	"unsafe"
@@ -29,6 +34,8 @@ type decoder struct {
 	str     string
 	strBase int
 	hasStr  bool
+
+	depth int // nesting of dynamic values
 }
 
 // Error messages; short and constant so that the hot path stays small.
@@ -41,6 +48,10 @@ const (
 	msgLength   = "length exceeds the remaining input"
 	msgTime     = "invalid time"
 	msgMapOrder = "map keys not strictly increasing"
+	msgZone     = "invalid or non-canonical time zone"
+	msgBigInt   = "non-canonical big.Int"
+	msgTag      = "unknown dynamic value tag"
+	msgDepth    = "dynamic value nested too deep"
 )
 
 // fail returns the error for a failure decoding o at the current position.
@@ -321,6 +332,22 @@ func (d *decoder) decodePlan(pl *plan, base unsafe.Pointer) error {
 			if err := d.decodeMarshaler(o, p); err != nil {
 				return err
 			}
+		case opBigInt:
+			if err := d.decodeBigInt(o, (*big.Int)(p)); err != nil {
+				return err
+			}
+		case opAny:
+			v, err := d.decodeAny(o)
+			if err != nil {
+				return err
+			}
+			*(*any)(p) = v
+		case opObject:
+			m, err := d.decodeObject(o)
+			if err != nil {
+				return err
+			}
+			*(*map[string]any)(p) = m
 		}
 	}
 	return nil
@@ -335,24 +362,68 @@ func (d *decoder) decodeTime(o *op, t *time.Time) error {
 	if !ok {
 		return d.fail(o, msgVarint)
 	}
-	off, ok := d.varint()
+	if nsec >= 1e9 || d.pos >= len(d.buf) {
+		return d.fail(o, msgTime)
+	}
+	kind := d.buf[d.pos]
+	d.pos++
+	switch kind {
+	case zoneUTC:
+		*t = time.Unix(sec, int64(nsec)).UTC()
+		return nil
+	case zoneLocal:
+		*t = time.Unix(sec, int64(nsec))
+		return nil
+	}
+	var off int64
+	if kind == zoneFixed {
+		if off, ok = d.varint(); !ok || int64(int(off)) != off {
+			return d.fail(o, msgZone)
+		}
+	} else if kind != zoneNamed {
+		return d.fail(o, msgZone)
+	}
+	n, msg := d.length(1)
+	if msg != "" {
+		return d.fail(o, msg)
+	}
+	loc := o.zone.location(kind, int(off), d.buf[d.pos:d.pos+n])
+	if loc == nil {
+		return d.fail(o, msgZone)
+	}
+	d.pos += n
+	*t = time.Unix(sec, int64(nsec)).In(loc)
+	return nil
+}
+
+// decodeBigInt decodes a big.Int the way pgx builds one, so that the
+// result is reflect.DeepEqual to pgx's: its magnitude by SetBytes (nil for
+// zero), then its sign.
+func (d *decoder) decodeBigInt(o *op, x *big.Int) error {
+	h, ok := d.uvarint()
 	if !ok {
 		return d.fail(o, msgVarint)
 	}
-	if nsec >= 1e9 || int64(int(off)) != off {
-		return d.fail(o, msgTime)
+	n := h >> 1
+	if n > uint64(len(d.buf)-d.pos) {
+		return d.fail(o, msgLength)
 	}
-	if off == 0 {
-		*t = time.Unix(sec, int64(nsec)).UTC()
-	} else {
-		*t = time.Unix(sec, int64(nsec)).In(o.zone.location(int(off)))
+	mag := d.buf[d.pos : d.pos+int(n)]
+	if (n == 0 && h&1 != 0) || (n > 0 && mag[0] == 0) {
+		return d.fail(o, msgBigInt)
+	}
+	d.pos += int(n)
+	*x = big.Int{} // never reuse (and so share) the old magnitude
+	x.SetBytes(mag)
+	if h&1 != 0 {
+		x.Neg(x)
 	}
 	return nil
 }
 
-// decodeMap decodes a map[string]string (by kind) into the settable m.
+// decodeMap decodes a map (by kind) into the settable m.
 func (d *decoder) decodeMap(o *op, m reflect.Value) error {
-	n, msg := d.optLength(2) // a key and a value take at least a byte each
+	n, msg := d.optLength(o.key.minSize + o.elem.minSize)
 	if msg != "" {
 		return d.fail(o, msg)
 	}
@@ -362,30 +433,29 @@ func (d *decoder) decodeMap(o *op, m reflect.Value) error {
 	}
 	t := o.typ
 	mv := reflect.MakeMapWithSize(t, min(n, maxPrealloc/64))
-	var prev string
+	k, prev := reflect.New(t.Key()).Elem(), reflect.New(t.Key()).Elem()
+	v := reflect.New(t.Elem()).Elem()
 	for j := range n {
-		kn, msg := d.length(1)
-		if msg != "" {
-			return d.fail(o, msg)
+		if err := d.decodePlan(o.key, k.Addr().UnsafePointer()); err != nil {
+			return err
 		}
-		k := d.take(kn)
-		if j > 0 && k <= prev {
+		if j > 0 && compareKeys(k, prev) <= 0 {
 			return d.fail(o, msgMapOrder)
 		}
-		prev = k
-		vn, msg := d.length(1)
-		if msg != "" {
-			return d.fail(o, msg)
+		prev.Set(k)
+		v.SetZero()
+		if err := d.decodePlan(o.elem, v.Addr().UnsafePointer()); err != nil {
+			return err
 		}
-		v := d.take(vn)
-		mv.SetMapIndex(reflect.ValueOf(k).Convert(t.Key()), reflect.ValueOf(v).Convert(t.Elem()))
+		mv.SetMapIndex(k, v)
 	}
 	m.Set(mv)
 	return nil
 }
 
-// decodeMarshaler zeroes the value at p and calls its UnmarshalBinary with
-// the next length-prefixed bytes.
+// decodeMarshaler zeroes the value at p and calls its unmarshaling method
+// with the next length-prefixed bytes. The value must marshal back to the
+// same bytes: Decode accepts only the encoding Append produces.
 func (d *decoder) decodeMarshaler(o *op, p unsafe.Pointer) error {
 	n, msg := d.length(1)
 	if msg != "" {
@@ -394,20 +464,42 @@ func (d *decoder) decodeMarshaler(o *op, p unsafe.Pointer) error {
 	data := d.buf[d.pos : d.pos+n : d.pos+n]
 	v := reflect.NewAt(o.typ, p)
 	v.Elem().SetZero()
-	if err := unmarshal(v.Interface().(encoding.BinaryUnmarshaler), data); err != nil {
-		return fmt.Errorf("%w: %s at byte %d: UnmarshalBinary: %w", ErrCorrupt, o.path, d.pos, err)
+	if err := unmarshal(o, v.Interface(), data); err != nil {
+		return fmt.Errorf("%w: %s at byte %d: %w", ErrCorrupt, o.path, d.pos, err)
 	}
 	d.pos += n
 	return nil
 }
 
-// unmarshal calls u.UnmarshalBinary, turning a panic on malformed input into
-// an error.
-func unmarshal(u encoding.BinaryUnmarshaler, data []byte) (err error) {
+// unmarshal calls the unmarshaling method of v and checks that v marshals
+// back to data, turning a panic on malformed input into an error.
+func unmarshal(o *op, v any, data []byte) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v", r)
 		}
 	}()
-	return u.UnmarshalBinary(data)
+	switch o.method {
+	case methodGob:
+		err = v.(gob.GobDecoder).GobDecode(data)
+	case methodText:
+		err = v.(encoding.TextUnmarshaler).UnmarshalText(data)
+	case methodJSON:
+		err = v.(json.Unmarshaler).UnmarshalJSON(data)
+	default:
+		err = v.(encoding.BinaryUnmarshaler).UnmarshalBinary(data)
+	}
+	if err != nil {
+		return err
+	}
+	var again []byte
+	if o.appender {
+		again, err = v.(encoding.BinaryAppender).AppendBinary(nil)
+	} else {
+		again, err = marshal(o, reflect.ValueOf(v).UnsafePointer())
+	}
+	if err != nil || !bytes.Equal(again, data) {
+		return errors.New("not the canonical encoding")
+	}
+	return nil
 }

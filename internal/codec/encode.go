@@ -4,8 +4,11 @@ import (
 	"cmp"
 	"encoding"
 	"encoding/binary"
+	"encoding/gob"
+	"encoding/json"
 	"fmt"
 	"math"
+	"math/big"
 	"reflect"
 	"slices"
 	"time"
@@ -21,7 +24,8 @@ type sliceHeader struct {
 
 // encoder carries the first marshaling error of one Append.
 type encoder struct {
-	err error
+	err   error
+	depth int // nesting of dynamic values
 }
 
 func appendUvarint(b []byte, x uint64) []byte {
@@ -84,11 +88,7 @@ func (e *encoder) appendPlan(b []byte, pl *plan, base unsafe.Pointer) []byte {
 		case opByteArray:
 			b = append(b, unsafe.Slice((*byte)(p), o.n)...)
 		case opTime:
-			t := (*time.Time)(p)
-			_, off := t.Zone()
-			b = appendVarint(b, t.Unix())
-			b = appendUvarint(b, uint64(t.Nanosecond()))
-			b = appendVarint(b, int64(off))
+			b = appendTime(b, o.zone, (*time.Time)(p))
 		case opPtr:
 			q := *(*unsafe.Pointer)(p)
 			if q == nil {
@@ -112,50 +112,108 @@ func (e *encoder) appendPlan(b []byte, pl *plan, base unsafe.Pointer) []byte {
 				b = e.appendPlan(b, o.elem, unsafe.Add(p, uintptr(j)*o.size))
 			}
 		case opMap:
-			b = appendMap(b, reflect.NewAt(o.typ, p).Elem())
+			b = e.appendMap(b, o, reflect.NewAt(o.typ, p).Elem())
 		case opMarshaler:
 			b = e.appendMarshaler(b, o, p)
+		case opBigInt:
+			b = appendBigInt(b, (*big.Int)(p))
+		case opAny:
+			b = e.appendAny(b, o, *(*any)(p))
+		case opObject:
+			b = e.appendObject(b, o, *(*map[string]any)(p))
 		}
 	}
 	return b
 }
 
-// appendMap appends a map[string]string (by kind) with its keys sorted, so
-// that equal maps always encode to equal bytes.
-func appendMap(b []byte, m reflect.Value) []byte {
+// appendTime appends t's instant and location; see zone.go.
+func appendTime(b []byte, z *zoneCache, t *time.Time) []byte {
+	b = appendVarint(b, t.Unix())
+	b = appendUvarint(b, uint64(t.Nanosecond()))
+	switch loc := t.Location(); {
+	case loc == time.UTC:
+		return append(b, zoneUTC)
+	case loc == time.Local:
+		return append(b, zoneLocal)
+	case z.isNamed(loc):
+		return appendString(append(b, zoneNamed), loc.String())
+	default:
+		name, off := t.Zone()
+		return appendString(appendVarint(append(b, zoneFixed), int64(off)), name)
+	}
+}
+
+// appendBigInt appends x as uvarint(len(magnitude)<<1 | sign) and the
+// magnitude's big-endian bytes, without leading zeros.
+func appendBigInt(b []byte, x *big.Int) []byte {
+	n := (x.BitLen() + 7) / 8
+	h := uint64(n) << 1
+	if x.Sign() < 0 {
+		h |= 1
+	}
+	b = appendUvarint(b, h)
+	b = slices.Grow(b, n)
+	x.FillBytes(b[len(b) : len(b)+n])
+	return b[:len(b)+n]
+}
+
+// appendMap appends a map with its keys sorted, so that equal maps always
+// encode to equal bytes.
+func (e *encoder) appendMap(b []byte, o *op, m reflect.Value) []byte {
 	if m.IsNil() {
 		return append(b, 0)
 	}
-	type pair struct{ k, v string }
-	pairs := make([]pair, 0, m.Len())
-	for it := m.MapRange(); it.Next(); {
-		pairs = append(pairs, pair{it.Key().String(), it.Value().String()})
-	}
-	slices.SortFunc(pairs, func(x, y pair) int { return cmp.Compare(x.k, y.k) })
-	b = appendUvarint(b, uint64(len(pairs))+1)
-	for _, kv := range pairs {
-		b = appendString(b, kv.k)
-		b = appendString(b, kv.v)
+	keys := m.MapKeys()
+	slices.SortFunc(keys, compareKeys)
+	b = appendUvarint(b, uint64(len(keys))+1)
+	k := reflect.New(o.typ.Key()).Elem()
+	v := reflect.New(o.typ.Elem()).Elem()
+	for _, key := range keys {
+		k.Set(key)
+		v.Set(m.MapIndex(key))
+		b = e.appendPlan(b, o.key, k.Addr().UnsafePointer())
+		b = e.appendPlan(b, o.elem, v.Addr().UnsafePointer())
 	}
 	return b
 }
 
-// appendMarshaler appends the length-prefixed MarshalBinary form of the
-// value at p. On failure it records the error and appends poison.
+// compareKeys orders map keys of one string, integer or bool kind.
+func compareKeys(x, y reflect.Value) int {
+	switch x.Kind() {
+	case reflect.String:
+		return cmp.Compare(x.String(), y.String())
+	case reflect.Bool:
+		if x.Bool() == y.Bool() {
+			return 0
+		} else if x.Bool() {
+			return 1
+		}
+		return -1
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return cmp.Compare(x.Int(), y.Int())
+	}
+	return cmp.Compare(x.Uint(), y.Uint())
+}
+
+// poison is written in place of a value that failed to encode: a
+// non-minimal varint where a length is expected, an unknown tag where a
+// dynamic value is, which Decode always rejects.
+var poison = []byte{0x80, 0x00}
+
+// appendMarshaler appends the length-prefixed output of the marshaling
+// method of the value at p. On failure it records the error and appends
+// poison.
 func (e *encoder) appendMarshaler(b []byte, o *op, p unsafe.Pointer) []byte {
-	v := reflect.NewAt(o.typ, p).Interface()
-	// On failure, poison is written in place of the length: a non-minimal
-	// varint, which Decode always rejects.
-	poison := [2]byte{0x80, 0x00}
 	if o.appender {
+		v := reflect.NewAt(o.typ, p).Interface().(encoding.BinaryAppender)
 		start := len(b)
-		out, err := v.(encoding.BinaryAppender).AppendBinary(b)
+		out, err := v.AppendBinary(b)
 		if err == nil && len(out) < start {
 			err = fmt.Errorf("AppendBinary returned %d bytes, fewer than it was given", len(out))
 		}
 		if err != nil {
 			e.fail(o, err)
-			return append(b[:start], poison[:]...)
+			return append(b[:start], poison...)
 		}
 		// Move the appended bytes up to make room for their length.
 		n := len(out) - start
@@ -166,12 +224,26 @@ func (e *encoder) appendMarshaler(b []byte, o *op, p unsafe.Pointer) []byte {
 		copy(out[start:], hdr[:h])
 		return out
 	}
-	data, err := v.(encoding.BinaryMarshaler).MarshalBinary()
+	data, err := marshal(o, p)
 	if err != nil {
 		e.fail(o, err)
-		return append(b, poison[:]...)
+		return append(b, poison...)
 	}
 	return append(appendUvarint(b, uint64(len(data))), data...)
+}
+
+// marshal calls the marshaling method of the value at p.
+func marshal(o *op, p unsafe.Pointer) ([]byte, error) {
+	v := reflect.NewAt(o.typ, p).Interface()
+	switch o.method {
+	case methodGob:
+		return v.(gob.GobEncoder).GobEncode()
+	case methodText:
+		return v.(encoding.TextMarshaler).MarshalText()
+	case methodJSON:
+		return v.(json.Marshaler).MarshalJSON()
+	}
+	return v.(encoding.BinaryMarshaler).MarshalBinary()
 }
 
 func (e *encoder) fail(o *op, err error) {
