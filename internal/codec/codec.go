@@ -22,7 +22,8 @@ type Codec[T any] struct {
 }
 
 // For compiles a codec for T (T must be a struct type). It returns an error
-// (not a panic) naming the field if a field type is unsupported.
+// (not a panic) naming the field path and its type if a field type is
+// unsupported; the package documentation lists what is.
 //
 // Each call compiles afresh and returns a new *Codec; callers that need one
 // per type should keep it.
@@ -42,16 +43,19 @@ func For[T any]() (*Codec[T], error) {
 // Append appends the encoding of *v to dst and returns the extended slice.
 // v must not be nil.
 //
-// If a field's MarshalBinary method fails, Append still returns an
-// encoding, but one that Decode rejects with ErrCorrupt; use Encode to
-// observe the error.
+// If a field's marshaling method fails, or an interface field holds a
+// value of an unsupported dynamic type, Append still returns an encoding,
+// but one that Decode rejects with ErrCorrupt; use Encode to observe the
+// error.
 func (c *Codec[T]) Append(dst []byte, v *T) []byte {
 	var e encoder
 	return e.appendPlan(dst, c.plan, unsafe.Pointer(v))
 }
 
-// Encode is Append that reports the first error returned by a field's
-// MarshalBinary or AppendBinary method. On error it returns dst unchanged.
+// Encode is Append that reports the first error: one returned by a field's
+// marshaling method (MarshalBinary, AppendBinary, GobEncode, MarshalText or
+// MarshalJSON), or an interface field's unsupported dynamic type or
+// excessive nesting. On error it returns dst unchanged.
 func (c *Codec[T]) Encode(dst []byte, v *T) ([]byte, error) {
 	if v == nil {
 		return dst, fmt.Errorf("codec: Encode of nil *%s", c.name)
@@ -95,7 +99,9 @@ func (c *Codec[T]) Decode(src []byte, v *T) error {
 //
 // Named types count by kind (renaming `type Cents int64` keeps the
 // fingerprint); types encoded with MarshalBinary count by package path and
-// name. Fields tagged `db:"-"` and unexported fields do not count.
+// name. Fields tagged `db:"-"` and unexported fields do not count. The
+// format version is part of it, so an encoding change (such as the v2
+// time zones) changes every fingerprint.
 func (c *Codec[T]) Fingerprint() uint64 {
 	return c.fingerprint
 }

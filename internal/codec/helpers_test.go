@@ -156,15 +156,16 @@ type allKinds struct {
 }
 
 // equalValues reports whether a and b (addressable, same type) are equal,
-// comparing floats by bits, times with Equal and zone offset, and treating
-// nil and non-nil slices and maps as different.
+// comparing floats by bits, times with Equal, zone offset and location
+// name, interfaces by dynamic type and value, and treating nil and non-nil
+// slices and maps as different.
 func equalValues(a, b reflect.Value) bool {
 	if a.Type() == reflect.TypeFor[time.Time]() {
 		ta := *(*time.Time)(unsafe.Pointer(a.UnsafeAddr()))
 		tb := *(*time.Time)(unsafe.Pointer(b.UnsafeAddr()))
 		_, oa := ta.Zone()
 		_, ob := tb.Zone()
-		return ta.Equal(tb) && oa == ob
+		return ta.Equal(tb) && oa == ob && ta.Location().String() == tb.Location().String()
 	}
 	switch a.Kind() {
 	case reflect.Bool:
@@ -208,11 +209,16 @@ func equalValues(a, b reflect.Value) bool {
 		}
 		for it := a.MapRange(); it.Next(); {
 			bv := b.MapIndex(it.Key())
-			if !bv.IsValid() || bv.String() != it.Value().String() {
+			if !bv.IsValid() || !equalValues(addressable(it.Value()), addressable(bv)) {
 				return false
 			}
 		}
 		return true
+	case reflect.Interface:
+		if a.IsNil() || b.IsNil() {
+			return a.IsNil() == b.IsNil()
+		}
+		return a.Elem().Type() == b.Elem().Type() && equalValues(addressable(a.Elem()), addressable(b.Elem()))
 	case reflect.Struct:
 		for i := range a.NumField() {
 			if !equalValues(a.Field(i), b.Field(i)) {
@@ -222,6 +228,13 @@ func equalValues(a, b reflect.Value) bool {
 		return true
 	}
 	panic("equalValues: unhandled kind " + a.Kind().String())
+}
+
+// addressable returns an addressable copy of v.
+func addressable(v reflect.Value) reflect.Value {
+	c := reflect.New(v.Type()).Elem()
+	c.Set(v)
+	return c
 }
 
 func equal[T any](a, b *T) bool {

@@ -286,7 +286,7 @@ func TestTimeLocation(t *testing.T) {
 		wantName string    // the decoded Location's name
 	}{
 		{"UTC", at, at, "UTC"},
-		{"Local", at.Local(), at.Local(), "Local"},
+		{"Local", at.Local(), at.Local(), time.Local.String()},
 		{"named", at.In(mustLoad(t, "Europe/Berlin")), at.In(mustLoad(t, "Europe/Berlin")), "Europe/Berlin"},
 		{"fixed, named", at.In(time.FixedZone("EST", -5*3600)), at.In(time.FixedZone("EST", -5*3600)), "EST"},
 		{"fixed, unnamed", at.In(time.FixedZone("", 3600)), at.In(time.FixedZone("", 3600)), ""},
