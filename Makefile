@@ -9,9 +9,13 @@ MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached
 
 .PHONY: test vet bench fuzz check-memcached demo demo-full check-go
 
-## test: run all tests with the race detector (installs memcached if missing and root)
+ADAPTERS := repo/repootel repo/repoprom
+
+## test: run all tests with the race detector, the adapters' modules included
+## (installs memcached if missing and root)
 test: check-memcached
 	$(GO) test -race -count=1 ./...
+	@for m in $(ADAPTERS); do echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; done
 
 check-memcached:
 	@if ! command -v memcached >/dev/null 2>&1; then \
@@ -30,6 +34,7 @@ vet:
 	@out="$$(gofmt -l .)"; \
 	if [ -n "$$out" ]; then echo "gofmt -l reports unformatted files:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@for m in $(ADAPTERS); do (cd $$m && $(GO) vet ./...) || exit 1; done
 
 ## bench: benchmarks of the repository layer
 bench:

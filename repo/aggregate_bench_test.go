@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/aggregate"
 )
 
 // aggregatePool returns a pool of 32 connections on e's database, so that
@@ -122,7 +122,7 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 	checkIndexPlan(b, pool, lbTopSQL, "big", 121)
 	warmPool(b, pool, topSQL, "big", 100)
 	warmPool(b, pool, lbTopSQL, "big", 121)
-	lb := newLeaderboard(b, pool, e.mc, repo.LeaderboardConfig{}, e.opts(nil))
+	lb := newLeaderboard(b, pool, e.mc, aggregate.LeaderboardConfig{}, e.opts(nil))
 	if _, err := lb.Top(ctx, "big", 100); err != nil { // builds the cached list
 		b.Fatal(err)
 	}
@@ -142,9 +142,9 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				out := make([]repo.Entry, 0, 100)
+				out := make([]aggregate.Entry, 0, 100)
 				for rows.Next() {
-					en := repo.Entry{Rank: int64(len(out)) + 1}
+					en := aggregate.Entry{Rank: int64(len(out)) + 1}
 					if err := rows.Scan(&en.Player, &en.Score); err != nil {
 						b.Fatal(err)
 					}
@@ -212,7 +212,7 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 			b.Errorf("cached Top read the database %d times", st.DBReads-before.DBReads)
 		}
 	})
-	local := newLeaderboard(b, pool, e.mc, repo.LeaderboardConfig{LocalTTL: 100 * time.Millisecond}, e.opts(nil))
+	local := newLeaderboard(b, pool, e.mc, aggregate.LeaderboardConfig{LocalTTL: 100 * time.Millisecond}, e.opts(nil))
 	b.Run("cached-local", func(b *testing.B) {
 		b.ReportAllocs()
 		before := local.Stats()
@@ -234,7 +234,7 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 		b.ReportAllocs()
 		b.SetParallelism(benchGoroutinesPerCPU)
 		b.RunParallel(func(pb *testing.PB) {
-			buf := make([]repo.Entry, 0, 100)
+			buf := make([]aggregate.Entry, 0, 100)
 			for pb.Next() {
 				var err error
 				buf, err = local.AppendTop(ctx, buf[:0], "big", 100)
@@ -361,7 +361,7 @@ func BenchmarkLeaderboardSubmit(b *testing.B) {
 	const upsert = `INSERT INTO "scores" AS s (board, player, score) VALUES ($1, $2, $3) ON CONFLICT (board, player)` +
 		` DO UPDATE SET score = EXCLUDED.score, version = DEFAULT RETURNING version` // Submit's statement
 	warmPool(b, pool, `SELECT 1`)
-	lb := newLeaderboard(b, pool, e.mc, repo.LeaderboardConfig{}, e.opts(nil))
+	lb := newLeaderboard(b, pool, e.mc, aggregate.LeaderboardConfig{}, e.opts(nil))
 	for _, players := range []int{1000, 100000} {
 		board := "b" + strconv.Itoa(players)
 		name := "players=" + strconv.Itoa(players)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/internal/codec"
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // benchGoroutinesPerCPU makes RunParallel use 32 goroutines on these 2-core
@@ -239,7 +240,7 @@ func BenchmarkGetMiss(b *testing.B) {
 				}
 			}
 		})
-		var st repo.Stats
+		var st observe.Stats
 		for _, s := range stores {
 			x := s.Stats()
 			st.Hits += x.Hits

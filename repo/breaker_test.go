@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 )
 
 // While the cache is partitioned away, reads stop paying the client timeout
@@ -16,13 +17,13 @@ func TestBreakerSkipsADeadCacheAndRecoversWithoutStaleReads(t *testing.T) {
 	mp := startPrivateMemcached(t)
 	px := newProxy(t, mp.Addr())
 	const timeout = 300 * time.Millisecond
-	mc, err := repo.NewCacheClient(8, timeout, px.Addr())
+	mc, err := cacheClient(8, timeout, px.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var h hookLog
 	o := e.opts(&h)
-	o.Outbox = "cachedrepo_outbox"
+	o.Repairer = mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
 	o.BreakerCooldown = 200 * time.Millisecond
 	s, err := repo.New(e.pool, mc, productTable, o)
 	if err != nil {
@@ -62,7 +63,7 @@ func TestBreakerSkipsADeadCacheAndRecoversWithoutStaleReads(t *testing.T) {
 
 	px.Heal()
 	// The node kept its item from before the partition: the stale row.
-	direct, _ := repo.NewCacheClient(2, time.Second, mp.Addr())
+	direct, _ := cacheClient(2, time.Second, mp.Addr())
 	if _, err := direct.Get(s.Key(1)); err != nil {
 		t.Fatalf("the healed node lost its old item (%v): this test needs it stale", err)
 	}

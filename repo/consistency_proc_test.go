@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/cachedrepo/cachedrepo/repo"
 )
 
 // The consistency checker across processes. The parent test sets up the
@@ -288,7 +286,7 @@ func TestConsistencyWorker(t *testing.T) {
 	prefix, out := env(ckEnvPrefix), env(ckEnvOut)
 
 	pool := newCkPool(t, env(ckEnvDB), workers)
-	mc, err := repo.NewCacheClient(workers*2, time.Second, env(ckEnvCache))
+	mc, err := cacheClient(workers*2, time.Second, env(ckEnvCache))
 	if err != nil {
 		t.Fatal(err)
 	}

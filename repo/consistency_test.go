@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
@@ -145,15 +146,17 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 	e, px := rig.e, rig.px
 	var subjects []subject
 	var stores []*repo.Store[Product, int64]
-	var repairers []*repo.Repairer
+	var repairers []*invalidation.Repairer
 	for i := 0; i < cfg.instances; i++ {
 		pool := newCkPool(t, e.url, cfg.workers)
-		mc, err := repo.NewCacheClient(cfg.workers*2, time.Second, px.Addr())
+		mc, err := cacheClient(cfg.workers*2, time.Second, px.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if cfg.protocol == "naive" {
-			subjects = append(subjects, naiveSubject{pool: pool, mc: mc.Client, ns: e.ns, delay: ckDelay})
+			raw := memcache.New(px.Addr())
+			raw.MaxIdleConns, raw.Timeout = cfg.workers*2, time.Second
+			subjects = append(subjects, naiveSubject{pool: pool, mc: raw, ns: e.ns, delay: ckDelay})
 			continue
 		}
 		s, r := newCkStore(t, pool, mc, e.ns)
@@ -240,13 +243,13 @@ func newCkPool(t testing.TB, url string, workers int) *pgxpool.Pool {
 // client, with an outbox, a short breaker cooldown and lease wait, fill
 // delays (ckDelay between the database read and the fill), and its own
 // Repairer for the caller to run.
-func newCkStore(t testing.TB, pool *pgxpool.Pool, mc repo.Cache, ns string) (*repo.Store[Product, int64], *repo.Repairer) {
+func newCkStore(t testing.TB, pool *pgxpool.Pool, mc repo.Cache, ns string) (*repo.Store[Product, int64], *invalidation.Repairer) {
 	t.Helper()
-	o := &repo.Options{Namespace: ns}
-	o.Outbox = "cachedrepo_outbox"
+	r := mustRepairer(pool, mc, invalidation.RepairerConfig{Delay: 200 * time.Millisecond, Interval: 50 * time.Millisecond})
+	o := &repo.Options{Namespace: ns, Repairer: r}
 	o.BreakerCooldown = 100 * time.Millisecond
 	o.LeaseWait = 50 * time.Millisecond
-	db := &hookDB{DB: pool, after: func(sql string) {
+	db := &hookDB{Beginner: pool, after: func(sql string) {
 		if strings.HasPrefix(sql, "SELECT") && !strings.Contains(sql, "FOR UPDATE") {
 			ckDelay() // between the database read and the fill
 		}
@@ -255,7 +258,7 @@ func newCkStore(t testing.TB, pool *pgxpool.Pool, mc repo.Cache, ns string) (*re
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s, repo.NewRepairer(pool, mc, repo.RepairerOptions{Delay: 200 * time.Millisecond, Interval: 50 * time.Millisecond})
+	return s, r
 }
 
 // injectFaults starts, under wg and until rctx ends, the rotation through
@@ -299,7 +302,7 @@ func (rig *ckRig) injectFaults(t *testing.T, rctx context.Context, wg *sync.Wait
 	}()
 	go func() { // evictions: fill the small memcached with other values
 		defer wg.Done()
-		filler, _ := repo.NewCacheClient(2, 100*time.Millisecond, mp.Addr())
+		filler, _ := cacheClient(2, 100*time.Millisecond, mp.Addr())
 		junk := make([]byte, 8<<10)
 		for i := 0; rctx.Err() == nil; i++ {
 			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:junk:%d", e.ns, i), Value: junk})
@@ -396,8 +399,8 @@ func (rig *ckRig) check(t *testing.T, history []ckOp, keys int, res *ckResult) {
 func (rig *ckRig) quiescence(t *testing.T, keys int) int {
 	e := rig.e
 	mismatches := 0
-	mc, _ := repo.NewCacheClient(4, time.Second, rig.mp.Addr())
-	r := repo.NewRepairer(e.pool, mc, repo.RepairerOptions{})
+	mc, _ := cacheClient(4, time.Second, rig.mp.Addr())
+	r := mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
 	if _, err := r.RunOnce(ctx, 0); err != nil {
 		t.Fatalf("final outbox replay: %v", err)
 	}

@@ -15,6 +15,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/aggregate"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
@@ -23,7 +26,7 @@ import (
 // outside a transaction, committed. Tests use it to stop an operation
 // between its database step and its cache step.
 type scanHookDB struct {
-	repo.DB
+	repo.Beginner
 	after atomic.Pointer[func(sql string)]
 }
 
@@ -34,11 +37,11 @@ func (h *scanHookDB) hook(sql string) {
 }
 
 func (h *scanHookDB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return hookRow{Row: h.DB.QueryRow(ctx, sql, args...), done: func() { h.hook(sql) }}
+	return hookRow{Row: h.Beginner.QueryRow(ctx, sql, args...), done: func() { h.hook(sql) }}
 }
 
 func (h *scanHookDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rows, err := h.DB.Query(ctx, sql, args...)
+	rows, err := h.Beginner.Query(ctx, sql, args...)
 	if err != nil {
 		return rows, err
 	}
@@ -69,24 +72,24 @@ func (r *hookRows) Close() {
 
 // privateCache starts a private memcached (args as for
 // repotest.StartMemcached) and returns it with a client.
-func privateCache(t testing.TB, args ...string) (*repotest.MemcachedProcess, *repo.CacheClient) {
+func privateCache(t testing.TB, args ...string) (*repotest.MemcachedProcess, *memclient.Client) {
 	t.Helper()
 	mp := repotest.StartMemcached(t, args...)
 	return mp, newClient(t, mp.Addr())
 }
 
-func newClient(t testing.TB, addr string) *repo.CacheClient {
+func newClient(t testing.TB, addr string) *memclient.Client {
 	t.Helper()
-	mc, err := repo.NewCacheClient(64, time.Second, addr)
+	mc, err := cacheClient(64, time.Second, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mc
 }
 
-func newCounter(t testing.TB, db repo.DB, mc repo.Cache, o *repo.Options) *repo.Counter {
+func newCounter(t testing.TB, db repo.DB, mc repo.Cache, o *repo.Options) *aggregate.Counter {
 	t.Helper()
-	c, err := repo.NewCounter(db, mc, o)
+	c, err := aggregate.NewCounter(db, mc, aggregate.CounterConfig{Cache: aggCache(o), Repairer: o.Repairer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +187,7 @@ func TestCounterConcurrent(t *testing.T) {
 	mp, _ := privateCache(t)
 	const instances, goroutines, perGoroutine = 3, 32, 24
 	names := []string{"visitors", "signups", "orders", "errors"}
-	counters := make([]*repo.Counter, instances)
+	counters := make([]*aggregate.Counter, instances)
 	hooks := make([]*hookLog, instances)
 	for i := range counters {
 		hooks[i] = &hookLog{}
@@ -301,7 +304,7 @@ func TestCounterMixedDeltas(t *testing.T) {
 // checkCachedCounter checks that the cache holds nothing but want for name:
 // the key is absent (a write-through gave up and deleted it; a Get then
 // fills it with want) or holds want. It reports whether it was present.
-func checkCachedCounter(t *testing.T, c *repo.Counter, name string, want int64) bool {
+func checkCachedCounter(t *testing.T, c *aggregate.Counter, name string, want int64) bool {
 	t.Helper()
 	v, ok, err := c.Cached(name)
 	if err != nil {
@@ -326,7 +329,7 @@ func checkCachedCounter(t *testing.T, c *repo.Counter, name string, want int64) 
 func TestCounterStaleFill(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hdb := &scanHookDB{DB: e.pool}
+	hdb := &scanHookDB{Beginner: e.pool}
 	reader := newCounter(t, hdb, e.mc, e.opts(nil))
 	writer := newCounter(t, e.pool, e.mc, e.opts(nil))
 	if _, err := writer.Add(ctx, "visitors", 42); err != nil {
@@ -369,7 +372,7 @@ func TestCounterStaleFill(t *testing.T) {
 func TestCounterCacheOnly(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	cc, err := repo.NewCacheCounter(e.mc, e.opts(nil))
+	cc, err := aggregate.NewCacheCounter(e.mc, aggCache(e.opts(nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +428,7 @@ func TestCounterCASValue(t *testing.T) {
 	key := e.ns + ":casvalue"
 	o := e.opts(nil)
 	o.CASRetries = 4
-	v, err := repo.CASValue(ctx, e.mc, key, o, func(cur []byte, found bool) ([]byte, error) {
+	v, err := aggregate.CASValue(ctx, e.mc, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
 		if found {
 			t.Errorf("found %q in a fresh key", cur)
 		}
@@ -435,7 +438,7 @@ func TestCounterCASValue(t *testing.T) {
 		t.Fatalf("CASValue on a miss = %q, %v", v, err)
 	}
 	calls := 0
-	_, err = repo.CASValue(ctx, e.mc, key, o, func(cur []byte, found bool) ([]byte, error) {
+	_, err = aggregate.CASValue(ctx, e.mc, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
 		calls++
 		// Another writer changes the key between our gets and our cas.
 		if err := e.mc.Set(&memcache.Item{Key: key, Value: []byte(fmt.Sprint("other", calls))}); err != nil {
@@ -447,13 +450,13 @@ func TestCounterCASValue(t *testing.T) {
 		t.Fatalf("always-conflicting CASValue: err = %v after %d calls; want ErrRetriesExhausted after 4", err, calls)
 	}
 	boom := errors.New("boom")
-	if _, err := repo.CASValue(ctx, e.mc, key, o, func([]byte, bool) ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
+	if _, err := aggregate.CASValue(ctx, e.mc, key, aggCache(o), func([]byte, bool) ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
 		t.Fatalf("modify error: %v", err)
 	}
-	if _, err := repo.CASValue(ctx, e.mc, "bad key", o, func(c []byte, _ bool) ([]byte, error) { return c, nil }); !errors.Is(err, repo.ErrInvalidArgument) {
+	if _, err := aggregate.CASValue(ctx, e.mc, "bad key", aggCache(o), func(c []byte, _ bool) ([]byte, error) { return c, nil }); !errors.Is(err, repo.ErrInvalidArgument) {
 		t.Fatalf("invalid key: %v", err)
 	}
-	v, err = repo.CASValue(ctx, e.mc, key, o, func(cur []byte, found bool) ([]byte, error) {
+	v, err = aggregate.CASValue(ctx, e.mc, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
 		return append(append([]byte(nil), cur...), '!'), nil
 	})
 	if err != nil || string(v) != "other4!" {
@@ -461,19 +464,19 @@ func TestCounterCASValue(t *testing.T) {
 	}
 }
 
-// TestCounterOutbox: with Options.Outbox, an Add whose cache step cannot
+// TestCounterOutbox: with a Repairer, an Add whose cache step cannot
 // reach memcached records the key; once memcached is back holding its old
 // item (a partition, not a restart), the Repairer deletes it and the next
 // Get reads the database.
 func TestCounterOutbox(t *testing.T) {
 	e := newEnv(t)
 	mp := startPrivateMemcached(t)
-	mc, err := repo.NewCacheClient(8, 200*time.Millisecond, mp.Addr())
+	mc, err := cacheClient(8, 200*time.Millisecond, mp.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	o := e.opts(nil)
-	o.Outbox = "cachedrepo_outbox"
+	o.Repairer = mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
 	c := newCounter(t, e.pool, mc, o)
 	if _, err := c.Add(ctx, "visitors", 42); err != nil {
 		t.Fatal(err)
@@ -504,7 +507,7 @@ func TestCounterOutbox(t *testing.T) {
 	if err := mc.Set(old); err != nil { // the partitioned node kept 42
 		t.Fatal(err)
 	}
-	r := repo.NewRepairer(e.pool, mc, repo.RepairerOptions{})
+	r := mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
 	if n, err := r.RunOnce(ctx, 0); err != nil || n != 1 {
 		t.Fatalf("repair: %d rows, %v", n, err)
 	}

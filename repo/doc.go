@@ -1,19 +1,39 @@
 // Package repo is a repository layer over PostgreSQL (pgx v5) with a
-// memcached cache (gomemcache) that stays correct under concurrency.
+// memcached cache that stays correct under concurrency.
 //
 // A Store[T, K] serves one table. Reads are cache-aside: a hit costs one
-// memcached round trip and a decode; a miss reads the row with one SELECT and
-// fills the cache. Writes (Insert, Update, Upsert, Delete) change the
-// database first and then the cache. A Query caches the result of any load
-// function for a short TTL. Counters and Leaderboards keep hot aggregates in
-// the cache with compare-and-swap loops.
+// memcached round trip and a decode; a miss reads the row with one SELECT (or
+// the Table's Load, such as an sqlc query) and fills the cache. Writes
+// (Insert, Update, Upsert, Delete) change the database first and then the
+// cache. A Query caches the result of any load function for a short TTL.
+//
+// # How the pieces fit
+//
+// Data flows one way: caller -> Store or Query (this package) -> the cache
+// protocol (repo/internal/protocol: envelope, leases, fills, versioned
+// writes, the CAS loop, the shared load, the breaker, generations) -> the
+// memcached client (repo/memclient, whose meta protocol lets a miss take the
+// key's lease in its read) and the database (any DB: a pgx pool, connection
+// or transaction, or sqlc's DBTX). Beside it:
+//
+//	repo/aggregate     Counter, Leaderboard, CacheCounter, CASValue, on the same protocol
+//	repo/invalidation  the outbox Repairer, which replays cache steps that did not happen
+//	repo/observe       Hooks, Events, Op names and Stats, for metrics and tracing
+//	repo/repootel      OpenTelemetry traces and metrics from Hooks (a module of its own)
+//	repo/repoprom      a Prometheus collector from Hooks (a module of its own)
+//	repo/repotest      real PostgreSQL and memcached servers for tests
+//	migrations         the library's own tables (outbox, counters, scores)
+//
+// Every cached table needs an explicit key and, for write-through, a version
+// column (see Table.Version). The default codec caches every type pgx v5
+// scans into by default (see Table.Codec).
 //
 // # The cache protocol
 //
 // Every cached item is an envelope: a kind (row, absent, lease) in the item
 // flags, and a checksum, the row version and the encoded row in the value.
 // Bytes that fail the checksum or do not decode are a miss: the key is
-// deleted, the event reported to Hooks.CacheError, and the row read from
+// deleted, a CacheError event reported to Hooks.Event, and the row read from
 // the database. Keys carry a fingerprint of T's layout, so a deploy that
 // changes T never decodes old bytes as the new type.
 //
@@ -23,7 +43,7 @@
 // others poll with jittered backoff for up to Options.LeaseWait and then
 // read the database themselves (without filling). A lease expires after
 // Options.LeaseTTL, so a filler that dies frees the key. Over a
-// *CacheClient the read itself takes the lease (memcached's mg with N
+// *memclient.Client the read itself takes the lease (memcached's mg with N
 // creates an empty placeholder on a miss and tells the one reader that
 // created it), so a miss costs two memcached round trips, the read and the
 // fill, as plain cache-aside does. Over any other Cache the lease is an Add
@@ -32,7 +52,7 @@
 // Stale sets. A fill replaces only its own lease, by compare-and-swap with
 // the lease's CAS id. Any write replaces or deletes the lease first, so a
 // reader that read the row before a write committed can never put the old
-// row back. CAS ids restart when memcached does, so a *CacheClient sends
+// row back. CAS ids restart when memcached does, so a *memclient.Client sends
 // the fill on the connection that took the lease: after a restart that
 // connection is dead and the fill fails, instead of matching a newer item
 // that happens to carry the same id.
@@ -71,19 +91,20 @@
 // a concurrent writer that got there first may not have updated the cache
 // yet, and no read after the call may contradict what the caller was told.
 //
-// Cache failures. A read that cannot reach the cache (over a *CacheClient
+// Cache failures. A read that cannot reach the cache (over a *memclient.Client
 // at the first failure, whose client then drops the idle connections cut
 // with it; over a plain gomemcache client after retrying a connection that
 // failed fast, as every pooled connection does once after a memcached
 // restart) reads the database and trips the breaker: the store's reads then
 // skip the cache until it answers a probe again and the outbox has been
-// replayed (waiting for rows other processes are replaying), so keys whose
+// replayed by the store's Repairer (Options.Repairer; the replay runs there,
+// never inside a read, and waits for rows other processes are replaying), so keys whose
 // invalidation failed meanwhile are gone before this store trusts the cache. A read served by the database while
 // the cache fails fast (refused or reset connections, as around a restart)
 // deletes its key afterwards, best effort, as a reader that gave up on a
 // lease does: if the cache is back, no older fill outlives the answer. Writes always commit; if their cache
 // update fails, the key is deleted as a best effort, the failure reported
-// through Hooks.CacheError, and the write's outbox row (Options.Outbox)
+// as a CacheError event, and the write's outbox row (Options.Repairer)
 // stays for the Repairer.
 //
 // While some process cannot reach memcached and others can, the guarantees
@@ -99,7 +120,7 @@
 // both: no stale read and no divergence under restarts, evictions, killed
 // database connections and partitions, and strict linearizability except
 // around a partition's heal.
-
+//
 // # Limits
 //
 // The guarantees above are for readers and writers that go through Stores.
@@ -108,7 +129,8 @@
 // checksum guards against corrupt bytes, not against a hostile memcached.
 //
 // gomemcache has no context: each round trip is bounded by the client's
-// Timeout (see NewCacheClient), and stores check ctx between round trips.
+// timeout (memclient.Config.Timeout), and stores check ctx between round
+// trips.
 // Work that must finish once the database has committed (the write-through)
 // runs even if ctx is cancelled.
 package repo

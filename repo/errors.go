@@ -5,6 +5,9 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 var (
@@ -17,35 +20,40 @@ var (
 	// row's primary key. Update never moves a row to another key.
 	ErrKeyChanged = errors.New("repo: update changed the primary key")
 
-	// ErrTooLarge is reported through Hooks.CacheError when an encoded value
+	// ErrTooLarge is reported as a CacheError event when an encoded value
 	// exceeds Options.MaxItemSize. The value is not cached; callers are not
 	// affected.
-	ErrTooLarge = errors.New("repo: value too large for the cache")
+	ErrTooLarge = protocol.ErrTooLarge
 
-	// ErrCorrupt is reported through Hooks.CacheError when cached bytes cannot
+	// ErrCorrupt is reported as a CacheError event when cached bytes cannot
 	// be decoded (bad checksum, unknown format, truncated). The key is deleted
 	// and the read is served from the database.
-	ErrCorrupt = errors.New("repo: corrupt cache value")
+	ErrCorrupt = protocol.ErrCorrupt
 
-	// ErrRetriesExhausted is reported through Hooks.CacheError when a
+	// ErrRetriesExhausted is reported as a CacheError event when a
 	// compare-and-swap loop ran out of retries; the key is deleted instead.
-	// CAS helpers that cannot fall back (CASValue) return it to the caller.
-	ErrRetriesExhausted = errors.New("repo: compare-and-swap retries exhausted")
+	// CAS helpers that cannot fall back (aggregate.CASValue) return it.
+	ErrRetriesExhausted = protocol.ErrRetriesExhausted
 
 	// ErrInvalidArgument is returned (wrapped in an *OpError) for arguments
 	// an operation cannot accept: an empty counter, board or player name, a
 	// negative or too large n.
 	ErrInvalidArgument = errors.New("repo: invalid argument")
+
+	// ErrNeedsTx is returned by Update when the Store's DB cannot begin a
+	// transaction (an sqlc DBTX that is not a pool or connection): call it
+	// inside InTx, or give New a *pgxpool.Pool.
+	ErrNeedsTx = errors.New("repo: Update needs a DB that can Begin, or a Tx (InTx)")
 )
 
-// OpError is the error type of every failing Store operation. It names the
+// OpError is the error type of every failing operation. It names the
 // operation, the table and the key, and wraps the cause, so errors.Is and
 // errors.As see through it.
 type OpError struct {
-	Op    string // "get", "get many", "insert", "update", "upsert", "delete"
-	Table string // the table name as configured
-	Key   string // the key's parts, formatted for people; empty for multi-key operations
-	Err   error  // the cause
+	Op    observe.Op // observe.OpGet, observe.OpInsert, ...
+	Table string     // the table name as configured (a query's or board's name)
+	Key   string     // the key's parts, formatted for people; empty for multi-key operations
+	Err   error      // the cause
 }
 
 // Error formats the error as "repo: <op> <table>[<key>]: <cause>".

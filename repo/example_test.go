@@ -12,6 +12,7 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/migrations"
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
@@ -20,7 +21,7 @@ import (
 // the same three things from its configuration instead:
 //
 //	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
-//	mc, err := repo.NewCacheClient(64, 100*time.Millisecond, "127.0.0.1:11211")
+//	mc, err := cacheClient(64, 100*time.Millisecond, "127.0.0.1:11211")
 //	namespace := "shop"
 //
 // Examples cannot be skipped: when the servers are missing the example
@@ -159,7 +160,7 @@ func ExampleStore_Update() {
 // exampleServers returns what the examples need: a pool on a fresh database
 // with the migrations applied and three products, a memcached client, a key
 // namespace, and a function that closes the pool and drops the database.
-func exampleServers(name string) (*pgxpool.Pool, *repo.CacheClient, string, func(), error) {
+func exampleServers(name string) (*pgxpool.Pool, *memclient.Client, string, func(), error) {
 	sc, err := repotest.NewScratch(name)
 	if err != nil {
 		return nil, nil, "", nil, err
@@ -174,7 +175,7 @@ func exampleServers(name string) (*pgxpool.Pool, *repo.CacheClient, string, func
 		pool.Close()
 		_ = sc.Close()
 	}
-	mc, err := repo.NewCacheClient(8, time.Second, sc.Memcached)
+	mc, err := cacheClient(8, time.Second, sc.Memcached)
 	if err == nil {
 		err = migrations.Up(sc.DatabaseURL)
 	}

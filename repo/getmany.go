@@ -2,25 +2,30 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // GetMany returns the rows with the given keys that exist, keyed by K;
 // missing keys are simply absent from the map (duplicates are read once).
 //
-// It costs one multi-get (over a *CacheClient, one pipeline of quiet mg
+// It costs one multi-get (over a *memclient.Client, one pipeline of quiet mg
 // requests per server; otherwise gomemcache's GetMulti), plus for the misses
 // one lease Add per key, one SQL query for all of them (= ANY($1), or unnest
 // of the key columns for composite keys) and one multi-get and CAS per key
 // to fill. Keys leased by others are read from the database without
 // waiting. If the cache fails, everything is read from the database.
-func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
+func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (_ map[K]T, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpGetMany)
+	defer func() { end(err) }()
 	out := make(map[K]T, len(keys))
 	if len(keys) == 0 {
 		return out, nil
@@ -31,19 +36,19 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	// Duplicates are harmless on the hit path (GetMulti answers a key once);
 	// they are dropped from the misses below, before leases and SQL.
 	uniq := keys
-	kb := s.gen.builder(&s.core)
+	kb := s.gen.Builder(s.c)
 	ckeys := make([]string, len(keys))
 	for i, k := range keys {
 		ckeys[i] = s.keyWith(kb, k)
 	}
 
-	cacheOK := s.br.allowRead()
+	cacheOK := s.c.AllowRead()
 	var items map[string]*memcache.Item
 	if cacheOK {
 		var err error
-		if items, err = s.getMulti(ckeys); err != nil {
-			s.cacheErr("get", ckeys[0], err)
-			s.br.trip(err) // see breaker.trip
+		if items, err = s.c.GetMulti(ckeys); err != nil {
+			s.c.CacheErr(ctx, observe.StepGet, ckeys[0], err)
+			s.c.Trip(err) // see Get
 			cacheOK, items = false, nil
 		}
 	}
@@ -55,12 +60,12 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 			continue
 		}
 		var v T
-		switch s.open(it, &v).kind {
-		case kindValue:
+		switch s.open(ctx, it, &v).kind {
+		case protocol.KindValue:
 			out[uniq[i]] = v
-			s.stats.hits.Add(1)
-		case kindAbsent:
-			s.stats.hits.Add(1)
+			s.c.Hit(ctx, key)
+		case protocol.KindAbsent:
+			s.c.Hit(ctx, key)
 		default:
 			missing = append(missing, i)
 		}
@@ -80,7 +85,9 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		}
 		missing = missing[:n]
 	}
-	s.stats.misses.Add(uint64(len(missing)))
+	for _, i := range missing {
+		s.c.Miss(ctx, ckeys[i])
+	}
 
 	// Lease each missing key before reading, so a write that commits after our
 	// read replaces the lease and our fill is dropped.
@@ -93,13 +100,12 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 			s.releaseLeases(ckeys, tokens)
 			return nil, s.manyErr(err)
 		}
-		tok := newToken()
-		switch err := s.cache.Add(s.leaseItem(ckeys[i], tok)); {
-		case err == nil:
+		switch tok, err := s.c.AddLease(ckeys[i]); {
+		case err == nil && tok != 0:
 			tokens[i] = tok
-		case errors.Is(err, memcache.ErrNotStored): // another filler or a fresh write
+		case err == nil: // another filler or a fresh write
 		default:
-			s.cacheErr("lease", ckeys[i], err)
+			s.c.CacheErr(ctx, observe.StepLease, ckeys[i], err)
 			cacheOK = false
 		}
 	}
@@ -108,6 +114,7 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	for j, i := range missing {
 		mk[j] = uniq[i]
 	}
+	began := time.Now()
 	rows, err := s.selectMany(ctx, mk)
 	if err != nil {
 		s.releaseLeases(ckeys, tokens)
@@ -117,23 +124,23 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		out[s.t.keyOf(&rows[i])] = rows[i]
 	}
 	if !cacheOK {
-		if s.br.cheap() { // see readAround
+		if s.c.Cheap() { // see readAround
 			for _, i := range missing {
-				_ = s.cache.Delete(ckeys[i])
+				_ = s.c.Cache.Delete(ckeys[i])
 			}
 		}
 		return out, nil
 	}
 
-	// Settle every key read from the database (see core.settle): fill our
+	// Settle every key read from the database (see protocol.Core.Settle): fill our
 	// leases, and where someone else's value is there now, answer with it.
 	mkeys := make([]string, len(missing))
 	for j, i := range missing {
 		mkeys[j] = ckeys[i]
 	}
-	cur, err := s.getMulti(mkeys)
+	cur, err := s.c.GetMulti(mkeys)
 	if err != nil {
-		s.cacheErr("fill", mkeys[0], err)
+		s.c.CacheErr(ctx, observe.StepFill, mkeys[0], err)
 		return out, nil
 	}
 	for _, i := range missing {
@@ -142,25 +149,25 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 		var flags uint32
 		var exp int32
 		if v, ok := out[uniq[i]]; ok {
-			value, flags = s.envelope(key, &v, s.versionOf(&v))
-			exp = s.expiry(s.opt.TTL, true)
+			value, flags = s.envelope(ctx, key, &v, s.versionOf(&v))
+			exp = s.c.Expiry(s.c.Opt.TTL, true)
 		} else {
-			value, flags = s.envelope(key, nil, 0)
-			exp = s.expiry(s.opt.NegativeTTL, true)
+			value, flags = s.envelope(ctx, key, nil, 0)
+			exp = s.c.Expiry(s.c.Opt.NegativeTTL, true)
 		}
 		if value == nil && tok != 0 {
-			s.releaseLease(key, tok)
+			s.c.ReleaseLease(key, tok)
 			continue
 		}
-		it := s.settle(key, tok, cur[key], value, flags, exp)
+		it := s.c.Settle(ctx, key, tok, cur[key], value, flags, exp, began)
 		if it == nil {
 			continue
 		}
 		var v T
-		switch s.open(it, &v).kind {
-		case kindValue:
+		switch s.open(ctx, it, &v).kind {
+		case protocol.KindValue:
 			out[uniq[i]] = v
-		case kindAbsent:
+		case protocol.KindAbsent:
 			delete(out, uniq[i])
 		}
 	}
@@ -168,18 +175,21 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 }
 
 func (s *Store[T, K]) manyErr(err error) error {
-	return &OpError{Op: "get many", Table: s.t.name, Err: err}
+	return &OpError{Op: observe.OpGetMany, Table: s.t.name, Err: err}
 }
 
 func (s *Store[T, K]) releaseLeases(ckeys []string, tokens map[int]uint64) {
 	for i, tok := range tokens {
-		s.releaseLease(ckeys[i], tok)
+		s.c.ReleaseLease(ckeys[i], tok)
 	}
 }
 
 // selectMany reads the rows of keys from the database in one query.
 func (s *Store[T, K]) selectMany(ctx context.Context, keys []K) ([]T, error) {
-	s.stats.dbReads.Add(1)
+	s.c.DBRead()
+	if s.t.loadMany != nil {
+		return s.t.loadMany(ctx, s.db, keys)
+	}
 	var (
 		sql  string
 		args []any

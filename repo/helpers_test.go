@@ -13,6 +13,10 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/migrations"
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/aggregate"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
@@ -65,7 +69,7 @@ var stockTable = repo.Table[Stock, StockKey]{
 type env struct {
 	url   string
 	pool  *pgxpool.Pool
-	mc    *repo.CacheClient
+	mc    *memclient.Client
 	ns    string
 	mcAdr string
 }
@@ -82,7 +86,7 @@ func newEnv(t testing.TB) *env {
 	}
 	t.Cleanup(pool.Close)
 	addr := repotest.Memcached(t)
-	mc, err := repo.NewCacheClient(64, time.Second, addr)
+	mc, err := cacheClient(64, time.Second, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +105,42 @@ func (e *env) exec(t testing.TB, sql string, args ...any) pgconn.CommandTag {
 	return tag
 }
 
-// hookLog collects Hooks.CacheError reports.
+// cacheClient returns a memcached client for servers with n idle
+// connections per server and the given round-trip timeout.
+func cacheClient(n int, timeout time.Duration, servers ...string) (*memclient.Client, error) {
+	return memclient.New(memclient.Config{Servers: servers, MaxIdleConns: n, Timeout: timeout})
+}
+
+// mustRepairer returns a Repairer of the outbox in db for cache.
+func mustRepairer(db invalidation.DB, cache repo.Cache, cfg invalidation.RepairerConfig) *invalidation.Repairer {
+	r, err := invalidation.NewRepairer(db, cache, cfg)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// aggCache returns the aggregate configuration of the same fields of o.
+func aggCache(o *repo.Options) aggregate.CacheConfig {
+	if o == nil {
+		return aggregate.CacheConfig{}
+	}
+	return aggregate.CacheConfig{Namespace: o.Namespace, TTL: o.TTL, Jitter: o.Jitter, LeaseTTL: o.LeaseTTL,
+		LeaseWait: o.LeaseWait, MaxItemSize: o.MaxItemSize, CASRetries: o.CASRetries,
+		BreakerFailures: o.BreakerFailures, BreakerCooldown: o.BreakerCooldown, Hooks: o.Hooks}
+}
+
+// withCache returns cfg with the cache and outbox settings of o.
+func withCache(cfg aggregate.LeaderboardConfig, o *repo.Options) aggregate.LeaderboardConfig {
+	cfg.Cache = aggCache(o)
+	if o != nil {
+		cfg.Repairer = o.Repairer
+	}
+	return cfg
+}
+
+// hookLog collects the CacheError events reported to Hooks.Event: the
+// step, key and cause of each.
 type hookLog struct {
 	mu     sync.Mutex
 	events []hookEvent
@@ -112,10 +151,13 @@ type hookEvent struct {
 	err     error
 }
 
-func (h *hookLog) hook(op, key string, err error) {
+func (h *hookLog) hook(_ context.Context, e observe.Event) {
+	if e.Kind != observe.CacheError {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.events = append(h.events, hookEvent{op, key, err})
+	h.events = append(h.events, hookEvent{string(e.Step), e.Key, e.Err})
 }
 
 func (h *hookLog) all() []hookEvent {
@@ -127,7 +169,7 @@ func (h *hookLog) all() []hookEvent {
 func (e *env) opts(h *hookLog) *repo.Options {
 	o := &repo.Options{Namespace: e.ns}
 	if h != nil {
-		o.Hooks.CacheError = h.hook
+		o.Hooks.Event = h.hook
 	}
 	return o
 }
@@ -154,12 +196,12 @@ func (e *env) insertProduct(t testing.TB, id int64, name string, price int64) {
 // its rows are read, so tests can hold a reader between its database read
 // (the snapshot is taken) and its cache fill.
 type hookDB struct {
-	repo.DB
+	repo.Beginner
 	after func(sql string)
 }
 
 func (h *hookDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rows, err := h.DB.Query(ctx, sql, args...)
+	rows, err := h.Beginner.Query(ctx, sql, args...)
 	if h.after != nil {
 		h.after(sql)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // The cross-process herd: several Stores, each with its own pgx pool and its
@@ -41,7 +42,7 @@ var herdSelect = regexp.MustCompile(`^SELECT .+ FROM "?products"? WHERE "?id"? =
 // reading, or make its read fail: a SELECT run with a dead context never
 // reaches the server and counts as an attempt only.
 type herdDB struct {
-	repo.DB
+	repo.Beginner
 	attempts atomic.Int64
 	selects  atomic.Int64
 	other    atomic.Int64
@@ -51,7 +52,7 @@ type herdDB struct {
 func (c *herdDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	if !herdSelect.MatchString(sql) {
 		c.other.Add(1)
-		return c.DB.Query(ctx, sql, args...)
+		return c.Beginner.Query(ctx, sql, args...)
 	}
 	c.attempts.Add(1)
 	if c.before != nil {
@@ -60,22 +61,22 @@ func (c *herdDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 	if ctx.Err() == nil {
 		c.selects.Add(1)
 	}
-	return c.DB.Query(ctx, sql, args...)
+	return c.Beginner.Query(ctx, sql, args...)
 }
 
 func (c *herdDB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	c.other.Add(1)
-	return c.DB.QueryRow(ctx, sql, args...)
+	return c.Beginner.QueryRow(ctx, sql, args...)
 }
 
 func (c *herdDB) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	c.other.Add(1)
-	return c.DB.Exec(ctx, sql, args...)
+	return c.Beginner.Exec(ctx, sql, args...)
 }
 
 func (c *herdDB) Begin(ctx context.Context) (pgx.Tx, error) {
 	c.other.Add(1)
-	return c.DB.Begin(ctx)
+	return c.Beginner.Begin(ctx)
 }
 
 // herdStore is one "process": a Store over its own pool and memcached client.
@@ -91,11 +92,11 @@ func newHerdStore(t *testing.T, e *env, o repo.Options, before func(context.Cont
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	mc, err := repo.NewCacheClient(herdPerStore, time.Second, e.mcAdr)
+	mc, err := cacheClient(herdPerStore, time.Second, e.mcAdr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := &herdDB{DB: pool, before: before}
+	db := &herdDB{Beginner: pool, before: before}
 	o.Namespace = e.ns
 	s, err := repo.New(db, mc, productTable, &o)
 	if err != nil {
@@ -128,7 +129,7 @@ func newHerd(t *testing.T, e *env, o repo.Options, hold func(ctx context.Context
 	return h
 }
 
-func (h *herd) stats() (sum repo.Stats, per []repo.Stats) {
+func (h *herd) stats() (sum observe.Stats, per []observe.Stats) {
 	for _, s := range h.stores {
 		st := s.Stats()
 		per = append(per, st)

@@ -18,11 +18,12 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/aggregate"
 )
 
-func newLeaderboard(t testing.TB, db repo.DB, mc repo.Cache, cfg repo.LeaderboardConfig, o *repo.Options) *repo.Leaderboard {
+func newLeaderboard(t testing.TB, db repo.DB, mc repo.Cache, cfg aggregate.LeaderboardConfig, o *repo.Options) *aggregate.Leaderboard {
 	t.Helper()
-	lb, err := repo.NewLeaderboard(db, mc, cfg, o)
+	lb, err := aggregate.NewLeaderboard(db, mc, withCache(cfg, o))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +31,7 @@ func newLeaderboard(t testing.TB, db repo.DB, mc repo.Cache, cfg repo.Leaderboar
 }
 
 // dbTop is the reference: ORDER BY score DESC, player LIMIT n.
-func dbTop(t testing.TB, e *env, board string, n int) []repo.Entry {
+func dbTop(t testing.TB, e *env, board string, n int) []aggregate.Entry {
 	t.Helper()
 	rows, err := e.pool.Query(context.Background(),
 		`SELECT player, score FROM scores WHERE board = $1 ORDER BY score DESC, player LIMIT $2`, board, n)
@@ -38,9 +39,9 @@ func dbTop(t testing.TB, e *env, board string, n int) []repo.Entry {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	out := []repo.Entry{}
+	out := []aggregate.Entry{}
 	for rows.Next() {
-		en := repo.Entry{Rank: int64(len(out)) + 1}
+		en := aggregate.Entry{Rank: int64(len(out)) + 1}
 		if err := rows.Scan(&en.Player, &en.Score); err != nil {
 			t.Fatal(err)
 		}
@@ -52,13 +53,13 @@ func dbTop(t testing.TB, e *env, board string, n int) []repo.Entry {
 	return out
 }
 
-func sameEntries(a, b []repo.Entry) bool {
+func sameEntries(a, b []aggregate.Entry) bool {
 	return len(a) == len(b) && (len(a) == 0 || reflect.DeepEqual(a, b))
 }
 
 // checkBoard checks that board's cached list (if any) and Top(n) equal the
 // database; it reports whether a list was cached before Top.
-func checkBoard(t *testing.T, e *env, lb *repo.Leaderboard, board string, n int) bool {
+func checkBoard(t *testing.T, e *env, lb *aggregate.Leaderboard, board string, n int) bool {
 	t.Helper()
 	want := dbTop(t, e, board, n)
 	cached, ok, err := lb.Cached(board, n)
@@ -81,7 +82,7 @@ func checkBoard(t *testing.T, e *env, lb *repo.Leaderboard, board string, n int)
 func TestLeaderboardBasic(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, Slack: 1}, e.opts(nil))
+	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, Slack: 1}, e.opts(nil))
 	const b = "game"
 	steps := []struct {
 		player string
@@ -143,7 +144,7 @@ func TestLeaderboardBasic(t *testing.T) {
 func TestLeaderboardComplete(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
+	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
 	const b = "small"
 	if err := lb.Submit(ctx, b, "p1", 10); err != nil {
 		t.Fatal(err)
@@ -174,7 +175,7 @@ func TestLeaderboardComplete(t *testing.T) {
 func TestLeaderboardDropOut(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
+	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
 	const b = "drop"
 	for i := 1; i <= 20; i++ {
 		if err := lb.Submit(ctx, b, fmt.Sprintf("p%02d", i), int64(100+i)); err != nil {
@@ -202,8 +203,8 @@ func TestLeaderboardDropOut(t *testing.T) {
 func TestLeaderboardStaleUpdate(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hdb := &scanHookDB{DB: e.pool}
-	cfg := repo.LeaderboardConfig{Size: 2, Slack: -1}
+	hdb := &scanHookDB{Beginner: e.pool}
+	cfg := aggregate.LeaderboardConfig{Size: 2, Slack: -1}
 	slow := newLeaderboard(t, hdb, e.mc, cfg, e.opts(nil))
 	fast := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
 	const b = "stale"
@@ -246,8 +247,8 @@ func TestLeaderboardStaleUpdate(t *testing.T) {
 func TestLeaderboardRebuildRace(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hdb := &scanHookDB{DB: e.pool}
-	cfg := repo.LeaderboardConfig{Size: 2, Slack: 1}
+	hdb := &scanHookDB{Beginner: e.pool}
+	cfg := aggregate.LeaderboardConfig{Size: 2, Slack: 1}
 	reader := newLeaderboard(t, hdb, e.mc, cfg, e.opts(nil))
 	writer := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
 	const b = "race"
@@ -264,7 +265,7 @@ func TestLeaderboardRebuildRace(t *testing.T) {
 		}
 	}
 	hdb.after.Store(&f)
-	done := make(chan []repo.Entry, 1)
+	done := make(chan []aggregate.Entry, 1)
 	go func() {
 		got, err := reader.Top(ctx, b, 2)
 		if err != nil {
@@ -308,7 +309,7 @@ func TestLeaderboardLocalTTLRace(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	hc := &lbGetHookCache{Cache: e.mc}
-	lb := newLeaderboard(t, e.pool, hc, repo.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}, e.opts(nil))
+	lb := newLeaderboard(t, e.pool, hc, aggregate.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}, e.opts(nil))
 	const b = "localrace"
 	for i := 1; i <= 5; i++ {
 		if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
@@ -328,7 +329,7 @@ func TestLeaderboardLocalTTLRace(t *testing.T) {
 		})
 	}
 	hc.after.Store(&f)
-	done := make(chan []repo.Entry, 1)
+	done := make(chan []aggregate.Entry, 1)
 	go func() {
 		got, err := lb.Top(ctx, b, 3)
 		if err != nil {
@@ -360,7 +361,7 @@ func TestLeaderboardAppendTop(t *testing.T) {
 		t.Run("LocalTTL="+ttl.String(), func(t *testing.T) {
 			ctx := context.Background()
 			e := newEnv(t)
-			lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 3, LocalTTL: ttl}, e.opts(nil))
+			lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, LocalTTL: ttl}, e.opts(nil))
 			const b = "append"
 			for i := 1; i <= 5; i++ {
 				if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
@@ -373,15 +374,15 @@ func TestLeaderboardAppendTop(t *testing.T) {
 				if err != nil || !sameEntries(got, want) {
 					t.Fatalf("Top = %v, %v; want %v", got, err, want)
 				}
-				got[0] = repo.Entry{Player: "changed by the caller"}
+				got[0] = aggregate.Entry{Player: "changed by the caller"}
 			}
-			head := repo.Entry{Player: "head"}
-			got, err := lb.AppendTop(ctx, []repo.Entry{head}, b, 2)
-			if err != nil || !sameEntries(got, append([]repo.Entry{head}, want[:2]...)) {
+			head := aggregate.Entry{Player: "head"}
+			got, err := lb.AppendTop(ctx, []aggregate.Entry{head}, b, 2)
+			if err != nil || !sameEntries(got, append([]aggregate.Entry{head}, want[:2]...)) {
 				t.Errorf("AppendTop = %v, %v; want head then %v", got, err, want[:2])
 			}
 			if ttl > 0 {
-				buf := make([]repo.Entry, 0, 3)
+				buf := make([]aggregate.Entry, 0, 3)
 				allocs := testing.AllocsPerRun(100, func() {
 					buf, err = lb.AppendTop(ctx, buf[:0], b, 3)
 				})
@@ -447,8 +448,8 @@ func TestLeaderboardConcurrent(t *testing.T) {
 		instances, goroutines, ops = 3, 8, 60
 		boards, players, size      = 4, 40, 10
 	)
-	cfg := repo.LeaderboardConfig{Size: size, Slack: 3}
-	lbs := make([]*repo.Leaderboard, instances)
+	cfg := aggregate.LeaderboardConfig{Size: size, Slack: 3}
+	lbs := make([]*aggregate.Leaderboard, instances)
 	hooks := make([]*hookLog, instances)
 	for i := range lbs {
 		hooks[i] = &hookLog{}
@@ -576,7 +577,7 @@ func TestLeaderboardConcurrent(t *testing.T) {
 func TestLeaderboardLocalTTL(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	cfg := repo.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}
+	cfg := aggregate.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}
 	lb := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
 	other := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
 	const b = "local"
@@ -614,7 +615,7 @@ func TestLeaderboardLocalTTL(t *testing.T) {
 // row's, or a cached list could order the removal after the new score.
 func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, repo.LeaderboardConfig{Size: 10}, e.opts(nil))
+	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 10}, e.opts(nil))
 	if err := lb.Submit(ctx, "b", "p1", 10); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // Note is a row of a table without a version column: writes delete the key
@@ -23,9 +24,12 @@ type Note struct {
 
 func TestUnversionedTable(t *testing.T) {
 	e := newEnv(t)
-	e.exec(t, `CREATE TABLE "odd ""notes"" table" (id text PRIMARY KEY, body text NOT NULL)`)
+	// A mixed-case name with a '$' is found only if it is quoted as an
+	// identifier (names that are not identifiers, such as `odd "notes"
+	// table`, are refused by New: TestNewValidatesTable).
+	e.exec(t, `CREATE TABLE "Odd$Notes" (id text PRIMARY KEY, body text NOT NULL)`)
 	s, err := repo.New(e.pool, e.mc, repo.Table[Note, string]{
-		Name: `odd "notes" table`, Key: []string{"id"}, Columns: []string{"id", "body"},
+		Name: `Odd$Notes`, Key: []string{"id"}, Columns: []string{"id", "body"},
 	}, e.opts(nil))
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +111,7 @@ func TestSharedLoadSurvivesACancelledCaller(t *testing.T) {
 	e := newEnv(t)
 	e.insertProduct(t, 1, "shared", 100)
 	hold := make(chan struct{})
-	slow := &hookDB{DB: e.pool}
+	slow := &hookDB{Beginner: e.pool}
 	var once sync.Once
 	entered := make(chan struct{})
 	slow.after = func(string) { once.Do(func() { close(entered); <-hold }) }
@@ -120,7 +124,7 @@ func TestSharedLoadSurvivesACancelledCaller(t *testing.T) {
 	go func() { _, err := s.Get(cctx, 1); first <- err }()
 	<-entered
 	second := make(chan error, 1)
-	var got repo.Stats
+	var got observe.Stats
 	go func() {
 		p, err := s.Get(ctx, 1)
 		if err == nil && p.Name != "shared" {
@@ -195,17 +199,18 @@ func TestQuery(t *testing.T) {
 		Total    int64
 	}
 	var loads atomic.Int64
-	load := func(ctx context.Context, args ...string) (page, error) {
+	const fail = -1 // a category whose load fails
+	load := func(ctx context.Context, category int64) (page, error) {
 		loads.Add(1)
-		if args[0] == "fail" {
+		if category == fail {
 			return page{}, errors.New("no such category")
 		}
 		var p page
-		err := e.pool.QueryRow(ctx, `SELECT $1::bigint, array_agg(name ORDER BY id), sum(price_cents)::bigint FROM products WHERE category_id = $1::bigint`, args[0]).
+		err := e.pool.QueryRow(ctx, `SELECT $1::bigint, array_agg(name ORDER BY id), sum(price_cents)::bigint FROM products WHERE category_id = $1`, category).
 			Scan(&p.Category, &p.Names, &p.Total)
 		return p, err
 	}
-	q, err := repo.NewQuery(e.mc, "category-page", time.Minute, load, e.opts(nil))
+	q, err := repo.NewQuery(e.mc, repo.QueryConfig[int64, page]{Name: "category-page", TTL: time.Minute, Load: load, Namespace: e.ns})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +220,7 @@ func TestQuery(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got, err := q.Get(ctx, "1")
+			got, err := q.Get(ctx, 1)
 			if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("got %+v, %v", got, err)
 			}
@@ -225,20 +230,20 @@ func TestQuery(t *testing.T) {
 	if n := loads.Load(); n != 1 {
 		t.Fatalf("%d loads for 32 concurrent Gets, want 1", n)
 	}
-	if _, err := q.Get(ctx, "fail"); err == nil || loads.Load() != 2 {
+	if _, err := q.Get(ctx, fail); err == nil || loads.Load() != 2 {
 		t.Fatalf("load error not returned: %v", err)
 	}
-	if _, err := q.Get(ctx, "fail"); err == nil || loads.Load() != 3 {
+	if _, err := q.Get(ctx, fail); err == nil || loads.Load() != 3 {
 		t.Fatal("a failed load was cached")
 	}
 	e.exec(t, `UPDATE products SET name = 'renamed' WHERE id = 1`)
-	if got, _ := q.Get(ctx, "1"); got.Names[0] != "p1" {
+	if got, _ := q.Get(ctx, 1); got.Names[0] != "p1" {
 		t.Fatalf("expected the cached page, got %+v", got)
 	}
-	if err := q.Invalidate("1"); err != nil {
+	if err := q.Invalidate(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := q.Get(ctx, "1"); err != nil || got.Names[0] != "renamed" {
+	if got, err := q.Get(ctx, 1); err != nil || got.Names[0] != "renamed" {
 		t.Fatalf("after invalidate: %+v %v", got, err)
 	}
 }

@@ -4,44 +4,55 @@ import (
 	"context"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
-// DB is what a Store needs from pgx. *pgxpool.Pool, *pgx.Conn and pgx.Tx all
-// satisfy it (the shape sqlc calls DBTX, plus Begin).
+// DB is what a Store needs from the database: the shape sqlc generates as
+// DBTX. *pgxpool.Pool, *pgx.Conn, pgx.Tx, *Tx and sqlc's DBTX values all
+// satisfy it. Update needs a transaction: it begins one when DB also has
+// Begin (a pool, a connection) and fails clearly otherwise; inside InTx it
+// uses the transaction (a savepoint).
 type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Beginner is a DB that can begin a transaction (*pgxpool.Pool, *pgx.Conn,
+// pgx.Tx): what InTx and Update need.
+type Beginner interface {
+	DB
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// Cache is the part of *memcache.Client that the store uses. gomemcache has
-// no context: each call is bounded by the client's Timeout, and the store
-// checks ctx between round trips.
-type Cache interface {
-	Get(key string) (*memcache.Item, error)
-	GetMulti(keys []string) (map[string]*memcache.Item, error)
-	Add(item *memcache.Item) error
-	Set(item *memcache.Item) error
-	CompareAndSwap(item *memcache.Item) error
-	Delete(key string) error
-	Increment(key string, delta uint64) (uint64, error)
-}
+// Cache is the memcached client a Store calls: *memclient.Client (whose
+// meta protocol makes a miss two round trips) or gomemcache's
+// *memcache.Client (a miss then takes four).
+type Cache = memclient.Cache
 
-// Options tune a Store. The zero value (or nil) gives the documented defaults.
+// Options tune a Store. The zero value (or nil) gives the documented
+// defaults; every field applies to a Store.
 type Options struct {
 	// Namespace prefixes every key; keep it distinct per application.
 	// Default "cachedrepo". Letters, digits, '.', '_' and '-' only.
 	Namespace string
 
-	// TTL is how long a cached row lives. Default 1h.
+	// TTL is how long a cached row lives. Default 1h. Up to 30 days it is
+	// sent to memcached as relative seconds; beyond that memcached reads
+	// expirations as absolute Unix times, so a longer TTL is sent as one
+	// (now + TTL by this machine's clock, which must then agree with
+	// memcached's).
 	TTL time.Duration
 
 	// Jitter shortens each TTL by a random fraction up to Jitter, so keys
-	// filled together do not expire together. Default 0.1; negative means none.
+	// filled together do not expire together; it applies at any TTL.
+	// Default 0.1; negative means none; at most 0.9.
 	Jitter float64
 
 	// NegativeTTL is how long a missing row ("not found") and a deleted row's
@@ -79,75 +90,42 @@ type Options struct {
 	// Default 1s.
 	BreakerCooldown time.Duration
 
-	// Outbox names the invalidation outbox table (usually
-	// "cachedrepo_outbox"). When set, every Store write records its cache key
-	// there in the same transaction, and a Repairer replays keys whose cache
-	// update did not happen. Counters and Leaderboards record a key there
-	// when deleting it from the cache fails (a crash between their commit and
-	// their cache step is not covered: their cached values expire after TTL).
-	// Empty (the default) means no outbox: a failed cache update is only
-	// reported.
-	Outbox string
+	// Repairer, when set, is the invalidation outbox: every write records
+	// its cache key in the Repairer's table in the same transaction, the
+	// key is dropped from there once the cache step succeeded, and the
+	// Repairer replays what is left. After a cache outage the store's reads
+	// stay on the database until the Repairer has replayed the outbox. Nil
+	// (the default) means no outbox: a failed cache update is only
+	// reported. Run the Repairer (Repairer.Run) in the same process.
+	Repairer *invalidation.Repairer
 
-	// Hooks receive events the store does not return as errors.
-	Hooks Hooks
+	// Hooks receive events and operation starts and ends, for metrics and
+	// tracing (see package observe, and the repootel and repoprom adapters).
+	Hooks observe.Hooks
 }
 
-// Hooks are optional callbacks. They are called synchronously from the
-// goroutine doing the operation, so they must be fast and safe for
-// concurrent use. The library never logs; wire these to your logger/metrics.
-type Hooks struct {
-	// CacheError is called when a cache step failed or was skipped while the
-	// operation itself succeeded: the read was served from the database, or
-	// the committed write stood and the key was deleted instead. op is one of
-	// "get", "fill", "write", "delete", "decode", "encode", "lease".
-	CacheError func(op, key string, err error)
-}
-
-func (o *Options) withDefaults() Options {
+// config returns the protocol's configuration for a store of table name.
+func (o *Options) config(name string) protocol.Config {
 	var r Options
 	if o != nil {
 		r = *o
 	}
-	if r.Namespace == "" {
-		r.Namespace = "cachedrepo"
+	return protocol.Config{Name: name, Namespace: r.Namespace, TTL: r.TTL, Jitter: r.Jitter,
+		NegativeTTL: r.NegativeTTL, LeaseTTL: r.LeaseTTL, LeaseWait: r.LeaseWait,
+		MaxItemSize: r.MaxItemSize, CASRetries: r.CASRetries, BreakerFailures: r.BreakerFailures,
+		BreakerCooldown: r.BreakerCooldown, Hooks: r.Hooks}.WithDefaults()
+}
+
+func (o *Options) repairer() *invalidation.Repairer {
+	if o == nil {
+		return nil
 	}
-	if r.TTL <= 0 {
-		r.TTL = time.Hour
+	return o.Repairer
+}
+
+func (o *Options) generationRefresh() time.Duration {
+	if o == nil || o.GenerationRefresh <= 0 {
+		return time.Second
 	}
-	if r.Jitter == 0 {
-		r.Jitter = 0.1
-	} else if r.Jitter < 0 {
-		r.Jitter = 0
-	} else if r.Jitter > 0.9 {
-		r.Jitter = 0.9
-	}
-	if r.NegativeTTL <= 0 {
-		r.NegativeTTL = 30 * time.Second
-	}
-	if r.LeaseTTL <= 0 {
-		r.LeaseTTL = 3 * time.Second
-	}
-	if r.LeaseWait <= 0 {
-		r.LeaseWait = 250 * time.Millisecond
-	}
-	// A wait must end while the shared load (bounded by LeaseTTL) still has
-	// time to read the database itself.
-	r.LeaseWait = min(r.LeaseWait, r.LeaseTTL/2)
-	if r.MaxItemSize <= 0 {
-		r.MaxItemSize = 1<<20 - 1<<10
-	}
-	if r.BreakerFailures <= 0 {
-		r.BreakerFailures = 3
-	}
-	if r.BreakerCooldown <= 0 {
-		r.BreakerCooldown = time.Second
-	}
-	if r.GenerationRefresh <= 0 {
-		r.GenerationRefresh = time.Second
-	}
-	if r.CASRetries <= 0 {
-		r.CASRetries = 16
-	}
-	return r
+	return o.GenerationRefresh
 }

@@ -23,7 +23,7 @@ func blockAfter(t *testing.T, e *env, sub string) (s *repo.Store[Product, int64]
 	t.Helper()
 	ran, release = make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	db := &scanHookDB{DB: e.pool}
+	db := &scanHookDB{Beginner: e.pool}
 	f := func(sql string) {
 		if strings.Contains(sql, sub) {
 			once.Do(func() { close(ran); <-release })

@@ -3,170 +3,240 @@ package repo
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strconv"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/cachedrepo/cachedrepo/cachekeys"
 	"github.com/cachedrepo/cachedrepo/internal/codec"
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // Query caches the result of an arbitrary load function (a sqlc query, an
-// aggregate, a page of a listing) under a key built from its arguments, for a
-// short TTL. Use it for results that may be up to TTL old; rows that must
-// never be stale belong in a Store.
+// aggregate, a page of a listing) under a key built from its typed
+// arguments A, for a short TTL. Use it for results that may be up to TTL
+// old; rows that must never be stale belong in a Store.
+//
+// A is the arguments' type: a string, an integer, a bool, a [16]byte, a
+// time.Time, a named type of one of those, or a struct whose exported
+// fields are (use struct{} for a query without arguments). Each argument
+// is one part of the cache key (see cachekeys.Part).
 //
 // Concurrent misses of one key share one load in this process and, through a
 // lease, across processes. Invalidate deletes a result; a load that was
 // running when Invalidate was called does not put its older result back.
 // A Query is safe for concurrent use.
-type Query[V any] struct {
-	core
+type Query[A any, V any] struct {
+	c     *protocol.Core
 	name  string
 	keys  cachekeys.Builder
 	codec *codec.Codec[box[V]]
-	load  func(ctx context.Context, args ...string) (V, error)
-	group singleflight.Group
+	load  func(ctx context.Context, args A) (V, error)
+	parts func(A) ([]string, error)
 }
 
 type box[V any] struct{ V V }
 
-// NewQuery returns a cached query named name (letters, digits, '.', '_',
-// '-'), whose results live ttl in cache. load is called with the arguments
-// given to Get. V must be encodable by the package codec (structs, slices,
-// maps of strings, scalars, time.Time, and pointers to them). opts may be nil;
-// its TTL is replaced by ttl.
-func NewQuery[V any](cache Cache, name string, ttl time.Duration, load func(ctx context.Context, args ...string) (V, error), opts *Options) (*Query[V], error) {
-	if cache == nil || load == nil {
-		return nil, fmt.Errorf("repo: query %q: NewQuery needs a Cache and a load function", name)
+// QueryConfig configures NewQuery. Name, TTL and Load are required; the
+// other fields are as on Options and take the same defaults.
+type QueryConfig[A any, V any] struct {
+	// Name names the query in keys, errors and hooks: letters, digits, '.',
+	// '_' and '-'.
+	Name string
+	// TTL is how long a result lives in the cache (less up to Jitter).
+	TTL time.Duration
+	// Load computes the result for args on a miss. Its errors are returned
+	// (wrapped) and not cached.
+	Load func(ctx context.Context, args A) (V, error)
+
+	Namespace       string        // as Options.Namespace
+	Jitter          float64       // as Options.Jitter
+	LeaseTTL        time.Duration // as Options.LeaseTTL
+	LeaseWait       time.Duration // as Options.LeaseWait
+	MaxItemSize     int           // as Options.MaxItemSize
+	BreakerFailures int           // as Options.BreakerFailures
+	BreakerCooldown time.Duration // as Options.BreakerCooldown
+	Hooks           observe.Hooks // as Options.Hooks
+}
+
+// NewQuery returns a cached query over cache. V must be encodable by the
+// default codec (every type pgx scans into, and structs, slices and maps
+// of them). It returns an error naming the problem for a bad name, a
+// missing TTL or Load, an unsupported argument type or result type.
+func NewQuery[A any, V any](cache Cache, cfg QueryConfig[A, V]) (*Query[A, V], error) {
+	if cache == nil || cfg.Load == nil || cfg.TTL <= 0 {
+		return nil, fmt.Errorf("repo: query %q: NewQuery needs a Cache, a Load function and a TTL", cfg.Name)
 	}
-	o := opts.withDefaults()
-	if ttl > 0 {
-		o.TTL = ttl
+	parts, err := argParts[A]()
+	if err != nil {
+		return nil, fmt.Errorf("repo: query %q: %w", cfg.Name, err)
 	}
+	pc := protocol.Config{Name: cfg.Name, Namespace: cfg.Namespace, TTL: cfg.TTL, Jitter: cfg.Jitter,
+		LeaseTTL: cfg.LeaseTTL, LeaseWait: cfg.LeaseWait, MaxItemSize: cfg.MaxItemSize,
+		BreakerFailures: cfg.BreakerFailures, BreakerCooldown: cfg.BreakerCooldown, Hooks: cfg.Hooks}.WithDefaults()
 	cd, err := codec.For[box[V]]()
 	if err != nil {
-		return nil, fmt.Errorf("repo: query %q: %w", name, err)
+		return nil, fmt.Errorf("repo: query %q: %w", cfg.Name, err)
 	}
-	kb, err := cachekeys.New(o.Namespace, keyName("q."+name), "c"+strconv.FormatUint(cd.Fingerprint(), 36))
+	kb, err := cachekeys.New(pc.Namespace, protocol.KeyName("q."+cfg.Name), "c"+strconv.FormatUint(cd.Fingerprint(), 36))
 	if err != nil {
-		return nil, fmt.Errorf("repo: query %q: %w", name, err)
+		return nil, fmt.Errorf("repo: query %q: %w", cfg.Name, err)
 	}
-	return &Query[V]{core: newCore(cache, o), name: name, keys: kb, codec: cd, load: load}, nil
+	return &Query[A, V]{c: protocol.New(cache, pc, nil), name: cfg.Name, keys: kb, codec: cd, load: cfg.Load, parts: parts}, nil
+}
+
+// argParts returns the function that turns arguments of type A into key
+// parts, or an error if A is not a supported type.
+func argParts[A any]() (func(A) ([]string, error), error) {
+	t := reflect.TypeFor[A]()
+	if t.Kind() != reflect.Struct || t == reflect.TypeFor[time.Time]() {
+		if !partKind(t) {
+			return nil, fmt.Errorf("argument type %v is not a key part (a string, integer, bool, [16]byte, time.Time, or a struct of them)", t)
+		}
+		return func(a A) ([]string, error) {
+			p, err := cachekeys.Part(a)
+			return []string{p}, err
+		}, nil
+	}
+	var fields []int
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			return nil, fmt.Errorf("argument struct %v: field %s is unexported", t, f.Name)
+		}
+		if !partKind(f.Type) {
+			return nil, fmt.Errorf("argument struct %v: field %s has type %v, which is not a key part", t, f.Name, f.Type)
+		}
+		fields = append(fields, i)
+	}
+	return func(a A) ([]string, error) {
+		rv := reflect.ValueOf(&a).Elem()
+		out := make([]string, len(fields))
+		for i, f := range fields {
+			p, err := cachekeys.Part(rv.Field(f).Interface())
+			if err != nil {
+				return nil, err
+			}
+			out[i] = p
+		}
+		return out, nil
+	}, nil
+}
+
+// partKind reports whether values of t are accepted by cachekeys.Part.
+func partKind(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.String, reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	case reflect.Array:
+		return t.Len() == 16 && t.Elem().Kind() == reflect.Uint8
+	case reflect.Slice:
+		return t.Elem().Kind() == reflect.Uint8
+	}
+	return t == reflect.TypeFor[time.Time]()
+}
+
+// key returns the cache key of args.
+func (q *Query[A, V]) key(args A) (string, error) {
+	parts, err := q.parts(args)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
+	return q.keys.Key(parts...), nil
 }
 
 // Get returns the cached result for args, or loads, caches and returns it.
-// Errors from load are returned (wrapped) and not cached.
-func (q *Query[V]) Get(ctx context.Context, args ...string) (V, error) {
+// Errors from Load are returned (wrapped) and not cached.
+func (q *Query[A, V]) Get(ctx context.Context, args A) (_ V, err error) {
+	ctx, end := q.c.Begin(ctx, observe.OpQueryGet)
+	defer func() { end(err) }()
 	var zero V
 	if err := ctx.Err(); err != nil {
-		return zero, q.err(err)
+		return zero, q.err(observe.OpQueryGet, err)
 	}
-	key := q.keys.Key(args...)
-	if !q.br.allowRead() {
-		q.stats.dbReads.Add(1)
-		v, err := q.load(ctx, args...)
-		if err != nil {
-			return zero, q.err(err)
-		}
-		return v, nil
+	key, err := q.key(args)
+	if err != nil {
+		return zero, q.err(observe.OpQueryGet, err)
 	}
-	it, err := q.cache.Get(key)
-	if err == nil {
-		if v, ok := q.decode(it); ok {
-			q.stats.hits.Add(1)
-			return v, nil
-		}
-	} else if !isMiss(err) {
-		q.cacheErr("get", key, err)
-		q.stats.dbReads.Add(1)
-		v, err := q.load(ctx, args...)
-		if err != nil {
-			return zero, q.err(err)
-		}
-		return v, nil
+	v, hit, ok := q.c.Read(ctx, key, func(it *memcache.Item) (any, bool) { return q.open(it) })
+	switch {
+	case hit:
+		r, _ := v.(V) // comma-ok: a nil result of an interface type V
+		return r, nil
+	case !ok:
+		return q.direct(ctx, args)
 	}
-	q.stats.misses.Add(1)
-	ch := q.group.DoChan(key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.opt.LeaseTTL)
-		defer cancel()
-		return q.fill(lctx, key, args)
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return zero, q.err(r.Err)
-		}
-		v, _ := r.Val.(V) // comma-ok: a nil result of an interface type V
-		return v, nil
-	case <-ctx.Done():
-		return zero, q.err(ctx.Err())
+	r, err := q.c.Share(ctx, key, func(ctx context.Context) (any, error) { return q.fill(ctx, key, args) }, nil)
+	if err != nil {
+		return zero, q.err(observe.OpQueryGet, err)
 	}
+	res, _ := r.(V) // comma-ok: a nil result of an interface type V
+	return res, nil
+}
+
+// direct serves a Get from Load alone (the cache failed).
+func (q *Query[A, V]) direct(ctx context.Context, args A) (V, error) {
+	q.c.DBRead()
+	v, err := q.load(ctx, args)
+	if err != nil {
+		return v, q.err(observe.OpQueryGet, err)
+	}
+	return v, nil
 }
 
 // Invalidate deletes the cached result for args. A missing result is not an
 // error; a cache failure is.
-func (q *Query[V]) Invalidate(args ...string) error {
-	if err := q.cache.Delete(q.keys.Key(args...)); err != nil && !isMiss(err) {
-		return q.err(err)
+func (q *Query[A, V]) Invalidate(ctx context.Context, args A) (err error) {
+	ctx, end := q.c.Begin(ctx, observe.OpQueryInvalidate)
+	defer func() { end(err) }()
+	key, err := q.key(args)
+	if err != nil {
+		return q.err(observe.OpQueryInvalidate, err)
+	}
+	if err := q.c.Cache.Delete(key); err != nil && !protocol.IsMiss(err) {
+		return q.err(observe.OpQueryInvalidate, err)
 	}
 	return nil
 }
 
-func (q *Query[V]) err(err error) error {
-	return &OpError{Op: "query", Table: q.name, Err: err}
-}
+// Stats returns a snapshot of the query's counters.
+func (q *Query[A, V]) Stats() observe.Stats { return q.c.Snapshot() }
 
-// decode opens a cached result; a lease or corrupt bytes are not a result
-// (corrupt bytes are deleted and reported).
-func (q *Query[V]) decode(it *memcache.Item) (V, bool) {
-	if v, ok := q.open(it); ok {
-		return v, true
-	}
-	var zero V
-	if k, _, _, ok := openEnvelope(it.Flags, it.Value); ok && k == kindLease {
-		return zero, false
-	}
-	q.cacheErr("decode", it.Key, ErrCorrupt)
-	q.invalidate(it.Key)
-	return zero, false
+func (q *Query[A, V]) err(op observe.Op, err error) error {
+	return &OpError{Op: op, Table: q.name, Err: err}
 }
 
 // open decodes a cached result, reporting nothing.
-func (q *Query[V]) open(it *memcache.Item) (V, bool) {
+func (q *Query[A, V]) open(it *memcache.Item) (V, bool) {
 	var b box[V]
-	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
-	if !ok || k != kindValue || q.codec.Decode(payload, &b) != nil {
+	k, _, payload, ok := protocol.OpenEnvelope(it.Flags, it.Value)
+	if !ok || k != protocol.KindValue || q.codec.Decode(payload, &b) != nil {
 		return b.V, false
 	}
 	return b.V, true
 }
 
-// fill runs the loader under the lease protocol (core.leased) and caches its
-// result, unless it is larger than MaxItemSize.
-func (q *Query[V]) fill(ctx context.Context, key string, args []string) (V, error) {
-	r, err := q.leased(ctx, key,
+// fill runs the loader under the lease protocol (protocol.Core.Leased) and
+// caches its result, unless it is larger than MaxItemSize.
+func (q *Query[A, V]) fill(ctx context.Context, key string, args A) (any, error) {
+	return q.c.Leased(ctx, key,
 		func(it *memcache.Item, _ time.Time) (any, bool) { return q.open(it) },
 		func(ctx context.Context) (any, []byte, uint32, int32, error) {
-			q.stats.dbReads.Add(1)
-			v, err := q.load(ctx, args...)
+			q.c.DBRead()
+			v, err := q.load(ctx, args)
 			if err != nil {
 				return nil, nil, 0, 0, err
 			}
 			b := box[V]{V: v}
-			value := finishEnvelope(q.codec.Append(beginEnvelope(make([]byte, 0, 256), 0), &b))
-			if len(value) > q.opt.MaxItemSize {
-				q.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), q.opt.MaxItemSize))
+			value := protocol.FinishEnvelope(q.codec.Append(protocol.BeginEnvelope(make([]byte, 0, 256), 0), &b))
+			if len(value) > q.c.Opt.MaxItemSize {
+				q.c.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), q.c.Opt.MaxItemSize))
 				value = nil
 			}
-			return v, value, flagsOf(kindValue), q.expiry(q.opt.TTL, true), nil
+			return v, value, protocol.FlagsOf(protocol.KindValue), q.c.Expiry(q.c.Opt.TTL, true), nil
 		})
-	if err != nil {
-		var zero V
-		return zero, err
-	}
-	v, _ := r.(V) // comma-ok: a nil result of an interface type V
-	return v, nil
 }

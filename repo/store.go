@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,22 +11,22 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/cachedrepo/cachedrepo/cachekeys"
 	"github.com/cachedrepo/cachedrepo/internal/codec"
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // Store is a repository for one table: rows of type T keyed by K, read
 // through memcached and written through to it. It is safe for concurrent use.
 type Store[T any, K comparable] struct {
-	core
+	c     *protocol.Core
 	db    DB
 	t     *compiled[T, K]
 	codec Codec[T]
-	gen   *generation
+	gen   *protocol.Generation
 	w     writeSQL
-	group singleflight.Group
 
 	anyOnce  sync.Mutex // guards keyTypes
 	keyTypes atomic.Pointer[[]string]
@@ -38,8 +37,9 @@ type Store[T any, K comparable] struct {
 }
 
 // New returns a Store for table over db and cache. opts may be nil. It checks
-// the table description (columns against T's fields, the key against K) and
-// returns an error naming the problem; it does not touch the database.
+// the table description (names, columns against T's fields, the key against
+// K, the codec against T's field types) and returns an error naming the
+// problem; it does not touch the database or the cache.
 func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Options) (*Store[T, K], error) {
 	if db == nil || cache == nil {
 		return nil, errors.New("repo: New needs a DB and a Cache")
@@ -48,34 +48,35 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
-	o := opts.withDefaults()
+	cfg := opts.config(table.Name)
 	cd := table.Codec
 	if cd == nil {
 		bc, err := codec.For[T]()
 		if err != nil {
-			return nil, fmt.Errorf("repo: table %q: %w (set Table.Codec)", table.Name, err)
+			return nil, fmt.Errorf("repo: table %q: %w (or set Table.Codec)", table.Name, err)
 		}
 		cd = bc
 	}
-	kb, err := cachekeys.New(o.Namespace, keyName(table.Name), "c"+strconv.FormatUint(cd.Fingerprint(), 36))
+	kb, err := cachekeys.New(cfg.Namespace, protocol.KeyName(table.Name), "c"+strconv.FormatUint(cd.Fingerprint(), 36))
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
-	s := &Store[T, K]{core: newCore(cache, o), db: db, t: c, codec: cd,
-		gen: newGeneration(kb, o.GenerationRefresh), w: newWriteSQL(c, o.Outbox)}
-	if mc, ok := cache.(*CacheClient); ok {
-		s.meta = mc
+	var rec protocol.Recovery
+	outbox := ""
+	if r := opts.repairer(); r != nil {
+		rec, outbox = r, r.Table()
 	}
-	if o.Outbox != "" {
-		r := NewRepairer(db, cache, RepairerOptions{Table: o.Outbox, Hooks: o.Hooks})
-		s.br.recover = func() error { return r.drain(context.Background(), s.opt.LeaseTTL) }
-	}
+	s := &Store[T, K]{c: protocol.New(cache, cfg, rec), db: db, t: c, codec: cd,
+		gen: protocol.NewGeneration(kb, opts.generationRefresh()), w: newWriteSQL(c, outbox)}
 	return s, nil
 }
 
-// Key returns the cache key of k. It is exported for tests and tooling (for
-// example, to inspect or delete one key by hand).
-func (s *Store[T, K]) Key(k K) string { return s.keyWith(s.gen.builder(&s.core), k) }
+// Key returns the cache key of k under the table's current generation: the
+// supported way to inspect or delete one key by hand (tests, tooling).
+func (s *Store[T, K]) Key(k K) string { return s.keyWith(s.gen.Builder(s.c), k) }
+
+// Stats returns a snapshot of the store's counters.
+func (s *Store[T, K]) Stats() observe.Stats { return s.c.Snapshot() }
 
 // keyWith returns the cache key of k under the key builder kb.
 func (s *Store[T, K]) keyWith(kb cachekeys.Builder, k K) string {
@@ -94,32 +95,32 @@ func (s *Store[T, K]) keyWith(kb cachekeys.Builder, k K) string {
 	return kb.Key(parts...)
 }
 
-func (s *Store[T, K]) opErr(op string, k K, err error) error {
+func (s *Store[T, K]) opErr(op observe.Op, k K, err error) error {
 	return &OpError{Op: op, Table: s.t.name, Key: fmt.Sprint(k), Err: err}
 }
 
 // decoded is what an item holds, once opened.
 type decoded struct {
-	kind    kind
+	kind    protocol.Kind
 	version int64
 	token   []byte // lease token
 }
 
 // open decodes item into *v. A corrupt item is deleted, reported and returned
 // with kind 0, which callers treat as a miss.
-func (s *Store[T, K]) open(it *memcache.Item, v *T) decoded {
+func (s *Store[T, K]) open(ctx context.Context, it *memcache.Item, v *T) decoded {
 	d := s.decode(it, v)
 	if d.kind == 0 {
-		s.cacheErr("decode", it.Key, ErrCorrupt)
-		s.invalidate(it.Key)
+		s.c.CacheErr(ctx, observe.StepDecode, it.Key, ErrCorrupt)
+		s.c.Invalidate(ctx, it.Key)
 	}
 	return d
 }
 
 // decode decodes item into *v, with kind 0 for corrupt bytes.
 func (s *Store[T, K]) decode(it *memcache.Item, v *T) decoded {
-	k, ver, payload, ok := openEnvelope(it.Flags, it.Value)
-	if ok && k == kindValue {
+	k, ver, payload, ok := protocol.OpenEnvelope(it.Flags, it.Value)
+	if ok && k == protocol.KindValue {
 		if err := s.codec.Decode(payload, v); err != nil {
 			ok = false
 		}
@@ -132,17 +133,17 @@ func (s *Store[T, K]) decode(it *memcache.Item, v *T) decoded {
 
 // envelope encodes a value (v != nil) or an absent marker (v == nil) with the
 // given row version. It returns nil, reported, if the result is too large.
-func (s *Store[T, K]) envelope(key string, v *T, version int64) (value []byte, flags uint32) {
-	b := beginEnvelope(make([]byte, 0, 128), version)
+func (s *Store[T, K]) envelope(ctx context.Context, key string, v *T, version int64) (value []byte, flags uint32) {
+	b := protocol.BeginEnvelope(make([]byte, 0, 128), version)
 	if v == nil {
-		return finishEnvelope(b), flagsOf(kindAbsent)
+		return protocol.FinishEnvelope(b), protocol.FlagsOf(protocol.KindAbsent)
 	}
-	b = finishEnvelope(s.codec.Append(b, v))
-	if len(b) > s.opt.MaxItemSize {
-		s.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(b), s.opt.MaxItemSize))
+	b = protocol.FinishEnvelope(s.codec.Append(b, v))
+	if len(b) > s.c.Opt.MaxItemSize {
+		s.c.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(b), s.c.Opt.MaxItemSize))
 		return nil, 0
 	}
-	return b, flagsOf(kindValue)
+	return b, protocol.FlagsOf(protocol.KindValue)
 }
 
 func (s *Store[T, K]) versionOf(v *T) int64 {
@@ -154,46 +155,47 @@ func (s *Store[T, K]) versionOf(v *T) int64 {
 
 // Get returns the row with key k, or an error wrapping ErrNotFound.
 //
-// A hit costs one memcached round trip and a decode. With a *CacheClient
-// (see NewCacheClient), the read that misses also takes the key's lease, so
+// A hit costs one memcached round trip and a decode. With a *memclient.Client
+// (see memclient.New), the read that misses also takes the key's lease, so
 // a miss costs two round trips, read and fill. On a miss, concurrent
 // Gets of the same key in this process share one load, and across processes
 // the first takes a lease on the key; the others wait up to LeaseWait for its
 // fill, then read the database themselves. The fill only replaces its own
 // lease, so a read that raced a write can never overwrite the newer value.
 // If the cache fails, the row is read from the database.
-func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
-	var v T
+func (s *Store[T, K]) Get(ctx context.Context, k K) (v T, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpGet)
+	defer func() { end(err) }()
 	if err := ctx.Err(); err != nil {
-		return v, s.opErr("get", k, err)
+		return v, s.opErr(observe.OpGet, k, err)
 	}
 	key := s.Key(k)
-	if !s.br.allowRead() {
+	if !s.c.AllowRead() {
 		return s.readAround(ctx, k, key)
 	}
-	it, l, err := s.get(key)
+	it, l, err := s.c.Get(key)
 	if l != nil { // a miss, and the lease is ours
-		s.stats.misses.Add(1)
-		defer s.handOff(key, l)()
+		s.c.Miss(ctx, key)
+		defer s.c.HandOff(key, l)()
 		return s.load(ctx, k, key)
 	}
 	switch {
 	case err == nil:
-		d := s.open(it, &v)
+		d := s.open(ctx, it, &v)
 		switch d.kind {
-		case kindValue:
-			s.stats.hits.Add(1)
+		case protocol.KindValue:
+			s.c.Hit(ctx, key)
 			return v, nil
-		case kindAbsent:
-			s.stats.hits.Add(1)
-			return v, s.opErr("get", k, ErrNotFound)
+		case protocol.KindAbsent:
+			s.c.Hit(ctx, key)
+			return v, s.opErr(observe.OpGet, k, ErrNotFound)
 		}
-	case !isMiss(err):
-		s.cacheErr("get", key, err)
-		s.br.trip(err)
+	case !protocol.IsMiss(err):
+		s.c.CacheErr(ctx, observe.StepGet, key, err)
+		s.c.Trip(err)
 		return s.readAround(ctx, k, key)
 	}
-	s.stats.misses.Add(1)
+	s.c.Miss(ctx, key)
 	return s.load(ctx, k, key)
 }
 
@@ -210,44 +212,31 @@ type loaded[T any] struct {
 // acknowledged in between, so the caller takes the next load instead (at
 // most one more).
 func (s *Store[T, K]) load(ctx context.Context, k K, key string) (T, error) {
-	called := time.Now()
+	r, err := s.c.Share(ctx, key,
+		func(ctx context.Context) (any, error) { return s.fill(ctx, k, key) },
+		func(r any, called time.Time) bool { return !r.(*loaded[T]).at.Before(called) })
 	var zero T
-	for {
-		ch := s.group.DoChan(key, func() (any, error) {
-			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.LeaseTTL)
-			defer cancel()
-			return s.fill(lctx, k, key)
-		})
-		select {
-		case r := <-ch:
-			if r.Err != nil {
-				return zero, s.opErr("get", k, r.Err)
-			}
-			l := r.Val.(*loaded[T])
-			if l.at.Before(called) {
-				continue
-			}
-			if !l.found {
-				return zero, s.opErr("get", k, ErrNotFound)
-			}
-			return l.v, nil
-		case <-ctx.Done():
-			return zero, s.opErr("get", k, ctx.Err())
-		}
+	if err != nil {
+		return zero, s.opErr(observe.OpGet, k, err)
 	}
+	l := r.(*loaded[T])
+	if !l.found {
+		return zero, s.opErr(observe.OpGet, k, ErrNotFound)
+	}
+	return l.v, nil
 }
 
 // fill is the cross-process half of a miss: take the lease, or wait for
 // whoever holds it, or give up waiting and read the database (core.leased).
 func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], error) {
-	r, err := s.leased(ctx, key,
+	r, err := s.c.Leased(ctx, key,
 		func(it *memcache.Item, at time.Time) (any, bool) {
 			l := &loaded[T]{at: at}
 			switch s.decode(it, &l.v).kind {
-			case kindValue:
+			case protocol.KindValue:
 				l.found = true
 				return l, true
-			case kindAbsent:
+			case protocol.KindAbsent:
 				return l, true
 			}
 			return nil, false
@@ -258,11 +247,11 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 				return nil, nil, 0, 0, err
 			}
 			if !l.found {
-				value, flags := s.envelope(key, nil, 0)
-				return l, value, flags, s.expiry(s.opt.NegativeTTL, true), nil
+				value, flags := s.envelope(ctx, key, nil, 0)
+				return l, value, flags, s.c.Expiry(s.c.Opt.NegativeTTL, true), nil
 			}
-			value, flags := s.envelope(key, &l.v, s.versionOf(&l.v))
-			return l, value, flags, s.expiry(s.opt.TTL, true), nil
+			value, flags := s.envelope(ctx, key, &l.v, s.versionOf(&l.v))
+			return l, value, flags, s.c.Expiry(s.c.Opt.TTL, true), nil
 		})
 	if err != nil {
 		return nil, err
@@ -272,10 +261,9 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 
 // selectOne reads one row from the database, without the cache.
 func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
-	s.stats.dbReads.Add(1)
+	s.c.DBRead()
 	at := time.Now()
-	rows, _ := s.db.Query(ctx, s.t.selectOne, s.t.keyArgs(k)...)
-	v, err := pgx.CollectOneRow(rows, s.t.scan)
+	v, err := s.readRow(ctx, s.db, k)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return &loaded[T]{at: at}, nil
 	}
@@ -283,6 +271,16 @@ func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 		return nil, err
 	}
 	return &loaded[T]{v: v, found: true, at: at}, nil
+}
+
+// readRow reads the row of k from db: with Table.Load if set, else with
+// the store's SELECT. A missing row is an error wrapping pgx.ErrNoRows.
+func (s *Store[T, K]) readRow(ctx context.Context, db DB, k K) (T, error) {
+	if s.t.load != nil {
+		return s.t.load(ctx, db, k)
+	}
+	rows, _ := db.Query(ctx, s.t.selectOne, s.t.keyArgs(k)...)
+	return pgx.CollectOneRow(rows, s.t.scan)
 }
 
 // readAround serves a Get from the database while the cache is not used (it
@@ -293,8 +291,8 @@ func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 // and later readers fill it afresh.
 func (s *Store[T, K]) readAround(ctx context.Context, k K, key string) (T, error) {
 	v, err := s.readDB(ctx, k)
-	if s.br.cheap() {
-		_ = s.cache.Delete(key)
+	if s.c.Cheap() {
+		_ = s.c.Cache.Delete(key)
 	}
 	return v, err
 }
@@ -304,31 +302,31 @@ func (s *Store[T, K]) readDB(ctx context.Context, k K) (T, error) {
 	l, err := s.selectOne(ctx, k)
 	if err != nil {
 		var zero T
-		return zero, s.opErr("get", k, err)
+		return zero, s.opErr(observe.OpGet, k, err)
 	}
 	if !l.found {
-		return l.v, s.opErr("get", k, ErrNotFound)
+		return l.v, s.opErr(observe.OpGet, k, ErrNotFound)
 	}
 	return l.v, nil
 }
 
-// keyName returns name if it is usable in a cache key as is, else a readable
-// form with every other byte replaced by '_' and a hash of the real name
-// appended, so distinct names never share keys.
-func keyName(name string) string {
-	if _, err := cachekeys.New("x", name, "x"); err == nil {
-		return name
+// InvalidateAll makes every cached row of the table unreachable, for example
+// after a bulk change made outside the store. This process sees the new
+// generation at once; other processes see it within Options.GenerationRefresh,
+// and until then may still serve rows cached before the call. Old keys expire
+// by their TTL. The generation lives in memcached: if its key alone is
+// evicted while rows cached before the call are still there, the generation
+// falls back to 0 and those rows could be served again, so prefer
+// InvalidateAll for rare bulk changes and a short TTL for tables changed
+// outside the stores.
+func (s *Store[T, K]) InvalidateAll(ctx context.Context) (err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpInvalidateAll)
+	defer func() { end(err) }()
+	if err := ctx.Err(); err != nil {
+		return &OpError{Op: observe.OpInvalidateAll, Table: s.t.name, Err: err}
 	}
-	b := []byte(name)
-	if len(b) > 40 {
-		b = b[:40]
+	if err := s.gen.Bump(s.c); err != nil {
+		return &OpError{Op: observe.OpInvalidateAll, Table: s.t.name, Err: err}
 	}
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
-			b[i] = '_'
-		}
-	}
-	h := fnv.New64a()
-	h.Write([]byte(name))
-	return string(b) + "_" + strconv.FormatUint(h.Sum64(), 36)
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 var ctx = context.Background()
@@ -22,7 +23,7 @@ func TestGetMissFillsThenHits(t *testing.T) {
 	s := e.products(t, nil)
 	e.insertProduct(t, 1, "hammer", 1299)
 
-	for i, want := range []repo.Stats{{Misses: 1, Fills: 1, DBReads: 1}, {Hits: 1, Misses: 1, Fills: 1, DBReads: 1}} {
+	for i, want := range []observe.Stats{{Misses: 1, Fills: 1, DBReads: 1}, {Hits: 1, Misses: 1, Fills: 1, DBReads: 1}} {
 		p, err := s.Get(ctx, 1)
 		if err != nil {
 			t.Fatalf("get %d: %v", i, err)
@@ -409,7 +410,7 @@ func TestOversizeValuesAreServedNotCached(t *testing.T) {
 func TestCacheDownFallsBackToTheDatabase(t *testing.T) {
 	e := newEnv(t)
 	var h hookLog
-	dead, err := repo.NewCacheClient(8, 100*time.Millisecond, "127.0.0.1:1") // nothing listens on port 1
+	dead, err := cacheClient(8, 100*time.Millisecond, "127.0.0.1:1") // nothing listens on port 1
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,7 +456,7 @@ func TestStaleFillLosesToAWrite(t *testing.T) {
 			e.insertProduct(t, 1, "old", 100)
 			var once sync.Once
 			readDone, release := make(chan struct{}), make(chan struct{})
-			slow := &hookDB{DB: e.pool}
+			slow := &hookDB{Beginner: e.pool}
 			slow.after = func(string) { once.Do(func() { close(readDone); <-release }) }
 			reader, err := repo.New(slow, e.mc, productTable, e.opts(nil))
 			if err != nil {

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/cachekeys"
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
 )
 
 // Table describes one database table to a Store: its name, primary key,
@@ -61,9 +63,26 @@ type Table[T any, K comparable] struct {
 	// they are looked up in the catalog once, on the first GetMany.
 	KeyTypes []string
 
-	// Codec encodes rows in the cache. Default: the package's binary codec for
-	// T, versioned by a fingerprint of T's fields.
+	// Codec encodes rows in the cache. Default: the binary codec for T,
+	// versioned by a fingerprint of T's fields. It covers every type pgx v5
+	// scans into by default (see the package documentation's list).
 	Codec Codec[T]
+
+	// Load optionally reads one row on a miss (and in TxStore.Get) instead
+	// of the store's SELECT: an sqlc query, for example
+	//
+	//	Load: func(ctx context.Context, db repo.DB, id int64) (catalogdb.Product, error) {
+	//		return catalogdb.New(db).GetProduct(ctx, id)
+	//	},
+	//
+	// A missing row must be an error wrapping pgx.ErrNoRows (as sqlc's :one
+	// queries return). db is the Store's DB, or the transaction.
+	Load func(ctx context.Context, db DB, k K) (T, error)
+
+	// LoadMany optionally reads the rows of keys for GetMany's misses
+	// instead of the store's SELECT ... = ANY($1) (an sqlc :many query).
+	// Rows not found are left out; their order does not matter.
+	LoadMany func(ctx context.Context, db DB, keys []K) ([]T, error)
 }
 
 // Codec encodes and decodes cached rows. Implementations must be safe for
@@ -90,6 +109,8 @@ type compiled[T any, K comparable] struct {
 	values     func(*T) []any
 	versionOf  func(*T) int64
 	keyTypes   []string
+	load       func(ctx context.Context, db DB, k K) (T, error)
+	loadMany   func(ctx context.Context, db DB, keys []K) ([]T, error)
 
 	selectOne, selectForUpdate, selectAny, insert, update, upsert, delete string
 	writeCols                                                             []int // indexes into cols written by INSERT (all but Version)
@@ -100,17 +121,14 @@ type compiled[T any, K comparable] struct {
 // insert statements until the store has looked it up (Store.insertSQL).
 const nextvalMarker = "/*cachedrepo:nextval*/"
 
-func quoteIdent(name string) string {
-	return pgx.Identifier(strings.Split(name, ".")).Sanitize()
-}
-
 func compile[T any, K comparable](t Table[T, K]) (*compiled[T, K], error) {
 	c := &compiled[T, K]{name: t.Name, keyCols: t.Key, cols: t.Columns, versionIdx: -1,
-		keyOf: t.KeyOf, keyArgs: t.KeyArgs, scan: t.Scan, values: t.Values, keyTypes: t.KeyTypes}
-	if t.Name == "" {
-		return nil, errors.New("table name is empty")
+		keyOf: t.KeyOf, keyArgs: t.KeyArgs, scan: t.Scan, values: t.Values, keyTypes: t.KeyTypes,
+		load: t.Load, loadMany: t.LoadMany}
+	if err := protocol.CheckIdent(t.Name); err != nil {
+		return nil, fmt.Errorf("table name: %w", err)
 	}
-	c.ident = quoteIdent(t.Name)
+	c.ident = protocol.QuoteIdent(t.Name)
 	for _, typ := range t.KeyTypes {
 		if !validTypeName(typ) {
 			return nil, fmt.Errorf("key type %q is not a plain SQL type name", typ)
@@ -127,8 +145,8 @@ func compile[T any, K comparable](t Table[T, K]) (*compiled[T, K], error) {
 	}
 	colIdx := map[string]int{}
 	for i, col := range t.Columns {
-		if col == "" {
-			return nil, errors.New("empty column name")
+		if err := protocol.CheckIdent(col); err != nil || strings.Contains(col, ".") {
+			return nil, fmt.Errorf("column name %q: not a plain name (letters, digits, '_' and '$'; not a digit first)", col)
 		}
 		if _, dup := colIdx[col]; dup {
 			return nil, fmt.Errorf("column %q listed twice", col)
@@ -261,6 +279,11 @@ func (c *compiled[T, K]) compileKey(rt reflect.Type) error {
 		}
 		return nil
 	}
+	for i := range kt.NumField() {
+		if f := kt.Field(i); !f.IsExported() && (c.keyArgs == nil || c.keyOf == nil) {
+			return fmt.Errorf("key struct %v: field %s is unexported: export it (or set KeyArgs and KeyOf)", kt, f.Name)
+		}
+	}
 	if c.keyArgs == nil {
 		c.keyArgs = func(k K) []any {
 			rv := reflect.ValueOf(&k).Elem()
@@ -323,7 +346,7 @@ func singleKeyPart[K comparable](kt reflect.Type) func(cachekeys.Builder, K) str
 func quoteIdents(names []string) []string {
 	q := make([]string, len(names))
 	for i, n := range names {
-		q[i] = quoteIdent(n)
+		q[i] = protocol.QuoteIdent(n)
 	}
 	return q
 }
@@ -346,7 +369,7 @@ func (c *compiled[T, K]) buildSQL() {
 	cols := strings.Join(q, ", ")
 	var where []string
 	for i, k := range c.keyCols {
-		where = append(where, fmt.Sprintf("%s = $%d", quoteIdent(k), i+1))
+		where = append(where, fmt.Sprintf("%s = $%d", protocol.QuoteIdent(k), i+1))
 	}
 	whereKey := strings.Join(where, " AND ")
 	c.selectOne = fmt.Sprintf("SELECT %s FROM %s WHERE %s", cols, c.ident, whereKey)
@@ -387,11 +410,11 @@ func (c *compiled[T, K]) buildSQL() {
 		excl = append(excl, v)
 	}
 	if len(set) == 0 { // only key columns: an update rewrites the key onto itself
-		set = append(set, fmt.Sprintf("%s = %s", quoteIdent(c.keyCols[0]), quoteIdent(c.keyCols[0])))
+		set = append(set, fmt.Sprintf("%s = %s", protocol.QuoteIdent(c.keyCols[0]), protocol.QuoteIdent(c.keyCols[0])))
 	}
 	var conflict []string
 	for _, k := range c.keyCols {
-		conflict = append(conflict, quoteIdent(k))
+		conflict = append(conflict, protocol.QuoteIdent(k))
 	}
 	c.insert = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) RETURNING %s", c.ident, strings.Join(ins, ", "), strings.Join(ph, ", "), cols)
 	c.update = fmt.Sprintf("UPDATE %s SET %s WHERE %s RETURNING %s", c.ident, strings.Join(set, ", "), whereKey, cols)
@@ -412,16 +435,13 @@ func (c *compiled[T, K]) buildSQL() {
 // (types are the key columns' SQL types).
 func (c *compiled[T, K]) selectAnyOf(sel string, types []string) string {
 	if len(c.keyCols) == 1 {
-		return fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", sel, c.ident, quoteIdent(c.keyCols[0]))
+		return fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", sel, c.ident, protocol.QuoteIdent(c.keyCols[0]))
 	}
 	var keys, arrays []string
 	for i, k := range c.keyCols {
-		keys = append(keys, quoteIdent(k))
+		keys = append(keys, protocol.QuoteIdent(k))
 		arrays = append(arrays, fmt.Sprintf("$%d::%s[]", i+1, types[i]))
 	}
 	return fmt.Sprintf("SELECT %s FROM %s WHERE (%s) IN (SELECT * FROM unnest(%s))",
 		sel, c.ident, strings.Join(keys, ", "), strings.Join(arrays, ", "))
 }
-
-// quoteLiteral returns s as an SQL string literal.
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -9,6 +9,7 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 )
 
 func TestInTxRunsCacheEffectsOnlyAfterCommit(t *testing.T) {
@@ -79,7 +80,7 @@ func outboxRows(t *testing.T, e *env) int {
 func TestOutbox(t *testing.T) {
 	e := newEnv(t)
 	o := e.opts(nil)
-	o.Outbox = "cachedrepo_outbox"
+	o.Repairer = mustRepairer(e.pool, e.mc, invalidation.RepairerConfig{})
 	s := e.products(t, o)
 	e.insertProduct(t, 1, "v1", 100)
 
@@ -107,8 +108,10 @@ func TestOutbox(t *testing.T) {
 	// stays in the outbox. Then the cache comes back holding the old row
 	// (a partition, not a restart): the Repairer removes it.
 	mp := startPrivateMemcached(t)
-	mc, _ := repo.NewCacheClient(8, 200*time.Millisecond, mp.Addr())
-	ps, err := repo.New(e.pool, mc, productTable, o)
+	mc, _ := cacheClient(8, 200*time.Millisecond, mp.Addr())
+	po := *o
+	po.Repairer = mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
+	ps, err := repo.New(e.pool, mc, productTable, &po)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +138,7 @@ func TestOutbox(t *testing.T) {
 	if err := mc.Set(stale); err != nil { // the partitioned node kept its old item
 		t.Fatal(err)
 	}
-	r := repo.NewRepairer(e.pool, mc, repo.RepairerOptions{})
+	r := mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
 	if n, err := r.RunOnce(ctx, 0); err != nil || n != 1 {
 		t.Fatalf("repair: %d rows, %v", n, err)
 	}

@@ -10,6 +10,9 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // warmChunkRows bounds how many rows Warm adds before it verifies them, and so
@@ -31,11 +34,11 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 // stores nothing if the key holds anything, so Warm never replaces a cached
 // value, a tombstone or another reader's lease: such rows are skipped, as
 // are rows whose envelope exceeds Options.MaxItemSize (reported to
-// Hooks.CacheError as ErrTooLarge). The Adds run one at a time on the
+// Hooks.Event as a CacheError with ErrTooLarge). The Adds run one at a time on the
 // calling goroutine (gomemcache has no batched Add); for throughput run
 // several Warm calls concurrently, for example one per page of a
-// keyset-paginated SELECT of whole rows, with NewCacheClient's
-// maxConcurrency covering them.
+// keyset-paginated SELECT of whole rows, with memclient.Config.MaxIdleConns
+// covering them.
 //
 // Add alone would race with writers: Warm's rows were read before a write
 // committed, the write's cache step found the key missing and so left it
@@ -67,7 +70,7 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 //
 // If ctx ends, Warm deletes the keys it added in the unfinished chunk (they
 // cannot be verified) and returns ctx's error. A cache failure on one Add is
-// reported to Hooks.CacheError and the row is not counted; since the server
+// reported to a CacheError event (Hooks.Event) and the row is not counted; since the server
 // may have applied an Add whose reply was lost, the key is verified like an
 // added one. After Options.BreakerFailures consecutive failures, or one that
 // finds the breaker open, Warm stops, verifies what it added and returns an
@@ -75,7 +78,7 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 // returns such an error at once. If the verifying read fails, the chunk's
 // added keys are deleted. Errors are *OpErrors with Op "warm"; they mean
 // that rows were not warmed, not that a stale row was left behind, unless a
-// delete failed too, which the error and Hooks.CacheError say. One window is
+// delete failed too, which the error and a CacheError event (Hooks.Event) say. One window is
 // left, the one every cache write that times out has (see the package doc):
 // a server that applies a timed-out Add only after the verifying read, and
 // after a newer write's cache step, keeps the older row until its TTL.
@@ -83,13 +86,15 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 // Stats: each row left in the cache counts as a Fill, each verifying query
 // as a DBRead.
 func (s *Store[T, K]) Warm(ctx context.Context, rows []T) (stored int, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpWarm)
+	defer func() { end(err) }()
 	if err := ctx.Err(); err != nil {
 		return 0, s.warmErr(err)
 	}
 	if len(rows) == 0 {
 		return 0, nil
 	}
-	if !s.br.allowRead() {
+	if !s.c.AllowRead() {
 		return 0, s.warmErr(errBreakerOpen)
 	}
 	for start := 0; start < len(rows); start += warmChunkRows {
@@ -103,7 +108,7 @@ func (s *Store[T, K]) Warm(ctx context.Context, rows []T) (stored int, err error
 }
 
 func (s *Store[T, K]) warmErr(err error) error {
-	return &OpError{Op: "warm", Table: s.t.name, Err: err}
+	return &OpError{Op: observe.OpWarm, Table: s.t.name, Err: err}
 }
 
 // warmed is one row Warm added, or may have added (sure is false: the Add
@@ -130,11 +135,11 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
 		v := &rows[i]
 		w := warmed[K]{k: s.t.keyOf(v), version: s.versionOf(v)}
 		w.key = s.Key(w.k)
-		value, flags := s.envelope(w.key, v, w.version)
+		value, flags := s.envelope(ctx, w.key, v, w.version)
 		if value == nil {
 			continue // too large, reported
 		}
-		err := s.cache.Add(&memcache.Item{Key: w.key, Value: value, Flags: flags, Expiration: s.expiry(s.opt.TTL, true)})
+		err := s.c.Cache.Add(&memcache.Item{Key: w.key, Value: value, Flags: flags, Expiration: s.c.Expiry(s.c.Opt.TTL, true)})
 		w.sure = err == nil
 		if s.t.versionIdx < 0 {
 			w.value = value
@@ -145,21 +150,21 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
 			added = append(added, w)
 		case errors.Is(err, memcache.ErrNotStored):
 			failures = 0 // a value, tombstone or lease is there already
-		case isTransportErr(err):
-			s.cacheErr("fill", w.key, err)
+		case protocol.IsTransportErr(err):
+			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 			added = append(added, w)
-			if failures++; failures >= s.opt.BreakerFailures || s.br.open.Load() {
+			if failures++; failures >= s.c.Opt.BreakerFailures || !s.c.Closed() {
 				stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
 			}
 		default: // refused for this item alone (e.g. the server's own size limit)
-			s.cacheErr("fill", w.key, err)
+			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 		}
 		if stop != nil {
 			break
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		if failed := s.dropWarmed(added); failed > 0 {
+		if failed := s.dropWarmed(ctx, added); failed > 0 {
 			return 0, fmt.Errorf("%w (and %d warmed keys could not be deleted)", err, failed)
 		}
 		return 0, err
@@ -188,7 +193,7 @@ func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warme
 		// by key, the rows the range did not vouch for.
 		cur, err := s.rangeVersions(ctx, added[0].k, added[len(added)-1].k, max(chunk, 2*len(added))+16)
 		if err != nil {
-			return 0, s.verifyFailed(added, err)
+			return 0, s.verifyFailed(ctx, added, err)
 		}
 		var rest []int
 		for j := range added {
@@ -202,7 +207,7 @@ func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warme
 				keys[n] = added[j].k
 			}
 			if cur, err = s.keyVersions(ctx, keys); err != nil {
-				return 0, s.verifyFailed(added, err)
+				return 0, s.verifyFailed(ctx, added, err)
 			}
 			for _, j := range rest {
 				_, ok := cur[added[j].version]
@@ -216,7 +221,7 @@ func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warme
 		}
 		cur, err := s.selectMany(ctx, keys)
 		if err != nil {
-			return 0, s.verifyFailed(added, err)
+			return 0, s.verifyFailed(ctx, added, err)
 		}
 		now := make(map[K]*T, len(cur))
 		for i := range cur {
@@ -226,7 +231,7 @@ func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warme
 		for j := range added {
 			c, ok := now[added[j].k]
 			if ok {
-				buf = finishEnvelope(s.codec.Append(beginEnvelope(buf, 0), c))
+				buf = protocol.FinishEnvelope(s.codec.Append(protocol.BeginEnvelope(buf, 0), c))
 			}
 			stale[j] = !ok || !bytes.Equal(buf, added[j].value)
 		}
@@ -241,8 +246,8 @@ func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warme
 			kept++
 		}
 	}
-	s.stats.fills.Add(uint64(kept))
-	if failed := s.dropWarmed(drop); failed > 0 {
+	s.c.Stats.Fills.Add(uint64(kept))
+	if failed := s.dropWarmed(ctx, drop); failed > 0 {
 		return kept, fmt.Errorf("%d warmed keys changed in the database but could not be deleted", failed)
 	}
 	return kept, nil
@@ -255,13 +260,13 @@ func (s *Store[T, K]) rangeVersions(ctx context.Context, first, last K, limit in
 	lo := make([]string, len(key))
 	hi := make([]string, len(key))
 	for i, k := range s.t.keyCols {
-		key[i] = quoteIdent(k)
+		key[i] = protocol.QuoteIdent(k)
 		lo[i] = "$" + strconv.Itoa(i+1)
 		hi[i] = "$" + strconv.Itoa(len(key)+i+1)
 	}
 	cols := strings.Join(key, ", ")
 	sql := fmt.Sprintf("SELECT %s FROM %s WHERE (%s) >= (%s) AND (%s) <= (%s) ORDER BY %s LIMIT $%d",
-		quoteIdent(s.t.cols[s.t.versionIdx]), s.t.ident, cols, strings.Join(lo, ", "), cols, strings.Join(hi, ", "), cols, 2*len(key)+1)
+		protocol.QuoteIdent(s.t.cols[s.t.versionIdx]), s.t.ident, cols, strings.Join(lo, ", "), cols, strings.Join(hi, ", "), cols, 2*len(key)+1)
 	args := make([]any, 0, 2*len(key)+1) // never append to what KeyArgs returned
 	args = append(append(append(args, s.t.keyArgs(first)...), s.t.keyArgs(last)...), limit)
 	return s.versions(ctx, sql, args)
@@ -269,7 +274,7 @@ func (s *Store[T, K]) rangeVersions(ctx context.Context, first, last K, limit in
 
 // keyVersions returns the current versions of keys, with GetMany's filter.
 func (s *Store[T, K]) keyVersions(ctx context.Context, keys []K) (map[int64]struct{}, error) {
-	version := quoteIdent(s.t.cols[s.t.versionIdx])
+	version := protocol.QuoteIdent(s.t.cols[s.t.versionIdx])
 	if len(s.t.keyCols) == 1 {
 		return s.versions(ctx, s.t.selectAnyOf(version, nil), []any{keys})
 	}
@@ -282,7 +287,7 @@ func (s *Store[T, K]) keyVersions(ctx context.Context, keys []K) (map[int64]stru
 
 // versions runs a query of one bigint column and returns its values as a set.
 func (s *Store[T, K]) versions(ctx context.Context, sql string, args []any) (map[int64]struct{}, error) {
-	s.stats.dbReads.Add(1)
+	s.c.DBRead()
 	rows, _ := s.db.Query(ctx, sql, args...)
 	cur := make(map[int64]struct{})
 	var v int64
@@ -292,9 +297,9 @@ func (s *Store[T, K]) versions(ctx context.Context, sql string, args []any) (map
 
 // verifyFailed deletes what a chunk added, since it could not be verified,
 // and returns the error to report.
-func (s *Store[T, K]) verifyFailed(added []warmed[K], err error) error {
+func (s *Store[T, K]) verifyFailed(ctx context.Context, added []warmed[K], err error) error {
 	err = fmt.Errorf("verifying warmed rows: %w", err)
-	if failed := s.dropWarmed(added); failed > 0 {
+	if failed := s.dropWarmed(ctx, added); failed > 0 {
 		err = fmt.Errorf("%w (and %d warmed keys could not be deleted)", err, failed)
 	}
 	return err
@@ -303,14 +308,14 @@ func (s *Store[T, K]) verifyFailed(added []warmed[K], err error) error {
 // dropWarmed deletes the keys of ws, reporting failures, and returns how many
 // may still be cached. It stops at the first transport failure: the cache is
 // unreachable, and each further delete would wait for the client timeout.
-func (s *Store[T, K]) dropWarmed(ws []warmed[K]) (failed int) {
+func (s *Store[T, K]) dropWarmed(ctx context.Context, ws []warmed[K]) (failed int) {
 	for j, w := range ws {
-		err := s.cache.Delete(w.key)
-		if err == nil || isMiss(err) {
+		err := s.c.Cache.Delete(w.key)
+		if err == nil || protocol.IsMiss(err) {
 			continue
 		}
-		s.cacheErr("delete", w.key, err)
-		if isTransportErr(err) {
+		s.c.CacheErr(ctx, observe.StepDelete, w.key, err)
+		if protocol.IsTransportErr(err) {
 			return failed + len(ws) - j
 		}
 		failed++

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // hookCache wraps a Cache and counts Adds; afterAdd (if set) runs once each
@@ -50,22 +51,22 @@ func (h *hookCache) reset() { h.adds.Store(0); h.stored.Store(0) }
 
 // countingDB wraps a DB and counts statements sent by Query and QueryRow.
 type countingDB struct {
-	repo.DB
+	repo.Beginner
 	n atomic.Int64
 }
 
 func (c *countingDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
 	c.n.Add(1)
-	return c.DB.Query(ctx, sql, args...)
+	return c.Beginner.Query(ctx, sql, args...)
 }
 
 func (c *countingDB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	c.n.Add(1)
-	return c.DB.QueryRow(ctx, sql, args...)
+	return c.Beginner.QueryRow(ctx, sql, args...)
 }
 
-func countDB(db repo.DB) (*countingDB, *atomic.Int64) {
-	c := &countingDB{DB: db}
+func countDB(db repo.Beginner) (*countingDB, *atomic.Int64) {
+	c := &countingDB{Beginner: db}
 	return c, &c.n
 }
 
@@ -121,7 +122,7 @@ func warmThenHits[T any, K comparable](t *testing.T, e *env, table repo.Table[T,
 	if q := queries.Load(); q != wantQueries {
 		t.Fatalf("Warm made %d queries, want %d", q, wantQueries)
 	}
-	if got, want := s.Stats(), (repo.Stats{Fills: uint64(len(rows)), DBReads: uint64(chunks)}); got != want {
+	if got, want := s.Stats(), (observe.Stats{Fills: uint64(len(rows)), DBReads: uint64(chunks)}); got != want {
 		t.Fatalf("stats after Warm: %+v, want %+v", got, want)
 	}
 
@@ -298,7 +299,7 @@ func TestWarmNeverReplacesWhatIsCached(t *testing.T) {
 			heldFlags uint32
 			heldLen   = -1
 		)
-		db := &hookDB{DB: e.pool}
+		db := &hookDB{Beginner: e.pool}
 		s := e.store(t, db, e.mc, productTable, nil)
 		// While Get holds the lease (its SELECT has run), Warm the key.
 		db.after = func(string) {
@@ -377,7 +378,7 @@ func TestWarmLeavesNoStaleRow(t *testing.T) {
 					}
 				})
 			}
-			db := &hookDB{DB: e.pool}
+			db := &hookDB{Beginner: e.pool}
 			mc := &hookCache{Cache: e.mc}
 			s := e.store(t, db, mc, tc.table, nil)
 			key1 := s.Key(1)
@@ -566,7 +567,7 @@ func TestWarmCacheUnreachable(t *testing.T) {
 			e.insertProduct(t, id, fmt.Sprint("p", id), id)
 		}
 		var h hookLog
-		dead, err := repo.NewCacheClient(8, 100*time.Millisecond, "127.0.0.1:1") // nothing listens on port 1
+		dead, err := cacheClient(8, 100*time.Millisecond, "127.0.0.1:1") // nothing listens on port 1
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -603,7 +604,7 @@ func TestWarmCacheUnreachable(t *testing.T) {
 			e.insertProduct(t, id, fmt.Sprint("p", id), id)
 		}
 		p := startPrivateMemcached(t)
-		client, err := repo.NewCacheClient(8, 200*time.Millisecond, p.Addr())
+		client, err := cacheClient(8, 200*time.Millisecond, p.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -6,18 +6,21 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // Insert inserts v (every column but Version, which takes its DEFAULT) and
 // returns the row as stored (INSERT ... RETURNING), after writing it through
 // to the cache (replacing a cached "not found").
-func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
+func (s *Store[T, K]) Insert(ctx context.Context, v T) (_ T, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpInsert)
+	defer func() { end(err) }()
 	row, err := s.writeRow(ctx, s.db, runNow, false, &v)
 	if err != nil {
-		return row, s.opErr("insert", s.t.keyOf(&v), err)
+		return row, s.opErr(observe.OpInsert, s.t.keyOf(&v), err)
 	}
 	return row, nil
 }
@@ -25,10 +28,12 @@ func (s *Store[T, K]) Insert(ctx context.Context, v T) (T, error) {
 // Upsert inserts v or, if a row with its key exists, overwrites that row's
 // columns (INSERT ... ON CONFLICT DO UPDATE), and returns the stored row after
 // writing it through to the cache.
-func (s *Store[T, K]) Upsert(ctx context.Context, v T) (T, error) {
+func (s *Store[T, K]) Upsert(ctx context.Context, v T) (_ T, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpUpsert)
+	defer func() { end(err) }()
 	row, err := s.writeRow(ctx, s.db, runNow, true, &v)
 	if err != nil {
-		return row, s.opErr("upsert", s.t.keyOf(&v), err)
+		return row, s.opErr(observe.OpUpsert, s.t.keyOf(&v), err)
 	}
 	return row, nil
 }
@@ -59,13 +64,13 @@ func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func(bool)
 			// concurrent inserter may not have reached the cache yet. Any
 			// error but the server's may hide a commit whose answer was
 			// lost. Either way the cache must not contradict the database.
-			s.invalidate(key)
+			s.c.Invalidate(ctx, key)
 		}
 		return row, err
 	}
 	after(func(committed bool) {
 		if !committed {
-			s.invalidate(key)
+			s.c.Invalidate(ctx, key)
 			return
 		}
 		s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID)
@@ -78,17 +83,25 @@ func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func(bool)
 // one transaction, then writes the result through to the cache. If mutate
 // returns an error the transaction is rolled back and the error returned
 // (wrapped). mutate may run once per call; it must not change the key.
-func (s *Store[T, K]) Update(ctx context.Context, k K, mutate func(*T) error) (T, error) {
+// The transaction needs a DB that can Begin (see DB): with any other,
+// Update fails with ErrNeedsTx unless it runs inside InTx.
+func (s *Store[T, K]) Update(ctx context.Context, k K, mutate func(*T) error) (_ T, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpUpdate)
+	defer func() { end(err) }()
 	row, err := s.update(ctx, s.db, runNow, k, mutate)
 	if err != nil {
-		return row, s.opErr("update", k, err)
+		return row, s.opErr(observe.OpUpdate, k, err)
 	}
 	return row, nil
 }
 
 func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)), k K, mutate func(*T) error) (T, error) {
 	var zero T
-	tx, err := db.Begin(ctx) // a savepoint when db is itself a transaction
+	b, ok := db.(Beginner)
+	if !ok {
+		return zero, ErrNeedsTx
+	}
+	tx, err := b.Begin(ctx) // a savepoint when db is itself a transaction
 	if err != nil {
 		return zero, err
 	}
@@ -99,7 +112,7 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 	row, err := pgx.CollectOneRow(rows, s.t.scan)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The caller learns the row is gone: see delete.
-		s.invalidate(key)
+		s.c.Invalidate(ctx, key)
 		return zero, ErrNotFound
 	}
 	if err != nil {
@@ -108,7 +121,7 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 	if err := mutate(&row); err != nil {
 		// mutate saw the row as committed; a writer that committed it may
 		// not have reached the cache yet, so bring the cache up to it.
-		s.writeThrough(key, &row, s.versionOf(&row))
+		s.writeThrough(ctx, key, &row, s.versionOf(&row))
 		return zero, err
 	}
 	if s.t.keyOf(&row) != k {
@@ -128,12 +141,12 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 		return zero, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		s.invalidate(key) // it may have committed
+		s.c.Invalidate(ctx, key) // it may have committed
 		return zero, err
 	}
 	after(func(committed bool) {
 		if !committed {
-			s.invalidate(key)
+			s.c.Invalidate(ctx, key)
 			return
 		}
 		s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID)
@@ -145,7 +158,9 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 // if there is none. With a Version column the cache keeps a tombstone for
 // NegativeTTL, so a read that raced the delete cannot put the row back;
 // without one, the key is deleted and the lease protocol guards fills.
-func (s *Store[T, K]) Delete(ctx context.Context, k K) error {
+func (s *Store[T, K]) Delete(ctx context.Context, k K) (err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpDelete)
+	defer func() { end(err) }()
 	return s.delete(ctx, s.db, runNow, k)
 }
 
@@ -167,18 +182,18 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)),
 		// Another writer deleted the row and may not have reached the cache
 		// yet. The caller now knows the row is gone, so no later read may
 		// return it: delete the key (a later fill runs under a lease).
-		s.invalidate(key)
-		return s.opErr("delete", k, ErrNotFound)
+		s.c.Invalidate(ctx, key)
+		return s.opErr(observe.OpDelete, k, ErrNotFound)
 	}
 	if err != nil {
 		if ambiguous(err) {
-			s.invalidate(key) // it may have committed
+			s.c.Invalidate(ctx, key) // it may have committed
 		}
-		return s.opErr("delete", k, err)
+		return s.opErr(observe.OpDelete, k, err)
 	}
 	after(func(committed bool) {
 		if !committed {
-			s.invalidate(key)
+			s.c.Invalidate(ctx, key)
 			return
 		}
 		s.afterCommit(ctx, key, nil, version, outboxID)
@@ -190,101 +205,32 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)),
 // and, if that worked, drop the write's outbox row (else the Repairer
 // replays it).
 func (s *Store[T, K]) afterCommit(ctx context.Context, key string, v *T, version, outboxID int64) {
-	if !s.writeThrough(key, v, version) || outboxID == 0 {
+	if !s.writeThrough(ctx, key, v, version) || outboxID == 0 {
 		return
 	}
 	if _, err := s.db.Exec(context.WithoutCancel(ctx), s.w.outboxDone, outboxID); err != nil {
-		s.cacheErr("outbox", key, err) // harmless: the Repairer deletes the key again later
+		s.c.CacheErr(ctx, observe.StepOutbox, key, err) // harmless: the Repairer deletes the key again later
 	}
 }
 
 // writeThrough brings the cache in line with a committed write: v is the new
 // row, or nil for a deletion. It runs whatever the caller's ctx says, since the
 // database change has committed. Without a version column it deletes the key;
-// with one it installs the new state with putVersioned. It reports whether
+// with one it installs the new state with PutVersioned. It reports whether
 // the cache no longer holds anything older than the write.
-func (s *Store[T, K]) writeThrough(key string, v *T, version int64) bool {
+func (s *Store[T, K]) writeThrough(ctx context.Context, key string, v *T, version int64) bool {
 	if s.t.versionIdx < 0 {
-		return s.invalidate(key)
+		return s.c.Invalidate(ctx, key)
 	}
-	value, flags := s.envelope(key, v, version)
+	value, flags := s.envelope(ctx, key, v, version)
 	if value == nil {
-		return s.invalidate(key)
+		return s.c.Invalidate(ctx, key)
 	}
-	ttl := s.opt.TTL
+	ttl := s.c.Opt.TTL
 	if v == nil {
-		ttl = s.opt.NegativeTTL
+		ttl = s.c.Opt.NegativeTTL
 	}
-	return s.putVersioned(key, value, flags, s.expiry(ttl, true), version)
-}
-
-// putVersioned brings one key up to a new state (value or absent, of row
-// version version) without ever moving it backwards:
-//
-//   - a miss stays a miss: nothing cached means nothing stale, and the next
-//     read fills under a lease. (An Add here could install an older version
-//     after a newer one was evicted.)
-//   - a lease is deleted, so the filler's CAS fails: its read may be older
-//     or newer than ours, and we cannot tell which.
-//   - a cached "not found" from a read has no version to compare, so a new
-//     value deletes it and the next read fills under a lease.
-//   - a cached state as new as ours or newer is kept.
-//   - an older one is replaced by CAS, retried up to CASRetries.
-//
-// If the loop fails, the key is deleted so no stale value stays, and the
-// failure is reported. It reports whether the cache holds nothing older
-// than the write.
-func (s *core) putVersioned(key string, value []byte, flags uint32, exp int32, version int64) bool {
-	deleted := kind(flags&0xff) == kindAbsent
-	for try := 0; try < s.opt.CASRetries; try++ {
-		it, err := s.cache.Get(key)
-		if isMiss(err) {
-			return true
-		}
-		if err != nil {
-			s.cacheErr("write", key, err)
-			return s.invalidate(key)
-		}
-		k, ver, _, ok := openEnvelope(it.Flags, it.Value)
-		if !ok || k == kindLease {
-			return s.invalidate(key)
-		}
-		if k == kindAbsent && ver == 0 && !deleted {
-			// A read found no row and cached that, without a version: the
-			// read may have come after a delete that followed this write, or
-			// before this write's insert. Only a fresh read can tell.
-			return s.invalidate(key)
-		}
-		if newer(ver, k == kindAbsent, version, deleted) {
-			return true
-		}
-		it.Value, it.Flags, it.Expiration = value, flags, exp
-		err = s.cache.CompareAndSwap(it)
-		switch {
-		case err == nil:
-			return true
-		case isMiss(err) || errors.Is(err, memcache.ErrNotStored):
-			return true // evicted meanwhile: nothing stale left
-		case isLost(err):
-			s.stats.casConflicts.Add(1)
-		default:
-			s.cacheErr("write", key, err)
-			return s.invalidate(key)
-		}
-	}
-	s.cacheErr("write", key, ErrRetriesExhausted)
-	return s.invalidate(key)
-}
-
-// newer reports whether a cached state (version, deleted) is at least as new
-// as an incoming one. A version number belongs to one row state; deleting it
-// keeps the number (the tombstone carries the deleted row's version), so at
-// equal versions a tombstone is newer than a value.
-func newer(cached int64, cachedDeleted bool, incoming int64, incomingDeleted bool) bool {
-	if cached != incoming {
-		return cached > incoming
-	}
-	return cachedDeleted || !incomingDeleted
+	return s.c.PutVersioned(ctx, key, value, flags, s.c.Expiry(ttl, true), version)
 }
 
 // isUniqueViolation reports whether err is PostgreSQL's unique_violation.

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/aggregate"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // errUnavailable is answered with 501; kept for endpoints a build may leave
@@ -29,20 +31,20 @@ const topSize = 100
 
 // aggregates holds the visitors counter and the game leaderboard, both
 // kept in the cache with CAS loops by the library (tables counters and
-// scores, migration 000002).
+// scores, migrations.Library).
 type aggregates struct {
 	cache    repo.Cache
-	counter  *repo.Counter
-	scores   *repo.Leaderboard
+	counter  *aggregate.Counter
+	scores   *aggregate.Leaderboard
 	maxTopIn int
 }
 
 func newAggregates(db repo.DB, cache repo.Cache, opts *repo.Options) (*aggregates, error) {
-	c, err := repo.NewCounter(db, cache, opts)
+	c, err := aggregate.NewCounter(db, cache, aggregate.CounterConfig{Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
 	if err != nil {
 		return nil, err
 	}
-	lb, err := repo.NewLeaderboard(db, cache, repo.LeaderboardConfig{Size: topSize}, opts)
+	lb, err := aggregate.NewLeaderboard(db, cache, aggregate.LeaderboardConfig{Size: topSize, Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +83,8 @@ func (a *aggregates) rank(ctx context.Context, board, player string) (entry, err
 	return entry(e), err
 }
 
-func (a *aggregates) stats() map[string]repo.Stats {
-	return map[string]repo.Stats{"counter": a.counter.Stats(), "leaderboard": a.scores.Stats()}
+func (a *aggregates) stats() map[string]observe.Stats {
+	return map[string]observe.Stats{"counter": a.counter.Stats(), "leaderboard": a.scores.Stats()}
 }
 
 // seed resets the visitors counter to 42 (the article's example: two visits

@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // app is everything a subcommand needs: the pool, the cache client, the
@@ -18,7 +20,7 @@ type app struct {
 	cfg     config
 	log     *slog.Logger
 	pool    *pgxpool.Pool
-	mc      *repo.CacheClient // nil when CACHE=off
+	mc      *memclient.Client // nil when CACHE=off
 	cache   repo.Cache        // mc, or offCache{} when CACHE=off
 	queries *queryCounter
 	cat     *catalog
@@ -47,7 +49,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 		return nil, fmt.Errorf("connecting to Postgres: %w", err)
 	}
 	if cfg.Cache {
-		if a.mc, err = repo.NewCacheClient(concurrency, 500*time.Millisecond, cfg.MemcachedAddrs...); err != nil {
+		if a.mc, err = memclient.New(memclient.Config{Servers: cfg.MemcachedAddrs, MaxIdleConns: concurrency, Timeout: 500 * time.Millisecond}); err != nil {
 			a.pool.Close()
 			return nil, fmt.Errorf("%s: %w", envMemcachedAddr, err)
 		}
@@ -58,9 +60,9 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 	opts := &repo.Options{
 		Namespace: cfg.Namespace,
 		TTL:       cfg.CacheTTL,
-		Hooks: repo.Hooks{CacheError: func(op, key string, err error) {
-			if !errors.Is(err, repo.ErrRetriesExhausted) {
-				log.Debug("cache step failed; served from Postgres", "op", op, "key", key, "err", err)
+		Hooks: observe.Hooks{Event: func(ctx context.Context, e observe.Event) {
+			if e.Kind == observe.CacheError && !errors.Is(e.Err, repo.ErrRetriesExhausted) {
+				log.Debug("cache step failed; served from Postgres", "op", e.Op, "step", e.Step, "key", e.Key, "err", e.Err)
 			}
 		}},
 	}
@@ -76,8 +78,8 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 	return a, nil
 }
 
-// stats gathers the repo.Stats of every store, query and aggregate.
-func (a *app) stats() map[string]repo.Stats {
+// stats gathers the observe.Stats of every store, query and aggregate.
+func (a *app) stats() map[string]observe.Stats {
 	m := a.cat.stats()
 	for k, v := range a.agg.stats() {
 		m[k] = v

@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // Category is a row of the categories table.
@@ -69,9 +69,9 @@ type catalog struct {
 	// categoryPage caches the product ids of one category page (args:
 	// category id, limit) for a few seconds; the products themselves come
 	// from the products store, so a price change shows at once.
-	categoryPage *repo.Query[[]int64]
+	categoryPage *repo.Query[categoryPageArgs, []int64]
 	// storeCodes caches the list of store codes, for stock across stores.
-	storeCodes *repo.Query[[]string]
+	storeCodes *repo.Query[struct{}, []string]
 }
 
 // listTTL is how long a cached listing lives: the article's "just set a
@@ -108,26 +108,20 @@ func newCatalog(db repo.DB, cache repo.Cache, opts *repo.Options) (*catalog, err
 	}, opts); err != nil {
 		return nil, err
 	}
-	if c.categoryPage, err = repo.NewQuery(cache, "category-page", listTTL,
-		func(ctx context.Context, args ...string) ([]int64, error) {
-			id, err := strconv.ParseInt(args[0], 10, 64)
-			if err != nil {
-				return nil, err
-			}
-			limit, err := strconv.Atoi(args[1])
-			if err != nil {
-				return nil, err
-			}
-			rows, _ := db.Query(ctx, `SELECT id FROM products WHERE category_id = $1 ORDER BY id LIMIT $2`, id, limit)
+	if c.categoryPage, err = repo.NewQuery(cache, repo.QueryConfig[categoryPageArgs, []int64]{
+		Name: "category-page", TTL: listTTL, Namespace: opts.Namespace, Hooks: opts.Hooks,
+		Load: func(ctx context.Context, a categoryPageArgs) ([]int64, error) {
+			rows, _ := db.Query(ctx, `SELECT id FROM products WHERE category_id = $1 ORDER BY id LIMIT $2`, a.Category, a.Limit)
 			return pgx.CollectRows(rows, pgx.RowTo[int64])
-		}, opts); err != nil {
+		}}); err != nil {
 		return nil, err
 	}
-	if c.storeCodes, err = repo.NewQuery(cache, "store-codes", listTTL,
-		func(ctx context.Context, _ ...string) ([]string, error) {
+	if c.storeCodes, err = repo.NewQuery(cache, repo.QueryConfig[struct{}, []string]{
+		Name: "store-codes", TTL: listTTL, Namespace: opts.Namespace, Hooks: opts.Hooks,
+		Load: func(ctx context.Context, _ struct{}) ([]string, error) {
 			rows, _ := db.Query(ctx, `SELECT code FROM stores ORDER BY code`)
 			return pgx.CollectRows(rows, pgx.RowTo[string])
-		}, opts); err != nil {
+		}}); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -136,7 +130,7 @@ func newCatalog(db repo.DB, cache repo.Cache, opts *repo.Options) (*catalog, err
 // productsInCategory returns up to limit products of a category, in id
 // order: a cached page of ids, then one GetMany for the rows.
 func (c *catalog) productsInCategory(ctx context.Context, categoryID int64, limit int) ([]Product, error) {
-	ids, err := c.categoryPage.Get(ctx, strconv.FormatInt(categoryID, 10), strconv.Itoa(limit))
+	ids, err := c.categoryPage.Get(ctx, categoryPageArgs{Category: categoryID, Limit: limit})
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +150,7 @@ func (c *catalog) productsInCategory(ctx context.Context, categoryID int64, limi
 // stockAcrossStores returns the stock of one article in every store that
 // has a row for it, in store-code order.
 func (c *catalog) stockAcrossStores(ctx context.Context, article, uom string) ([]Stock, error) {
-	codes, err := c.storeCodes.Get(ctx)
+	codes, err := c.storeCodes.Get(ctx, struct{}{})
 	if err != nil {
 		return nil, err
 	}
@@ -178,8 +172,8 @@ func (c *catalog) stockAcrossStores(ctx context.Context, article, uom string) ([
 }
 
 // stats returns every store's and query's counters by name, for /metrics.
-func (c *catalog) stats() map[string]repo.Stats {
-	return map[string]repo.Stats{
+func (c *catalog) stats() map[string]observe.Stats {
+	return map[string]observe.Stats{
 		"categories":    c.categories.Stats(),
 		"products":      c.products.Stats(),
 		"stores":        c.shops.Stats(),
@@ -201,4 +195,11 @@ func (c *catalog) invalidateAll(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// categoryPageArgs are the arguments of the category-page query: its cache
+// key is built from them, one part per field.
+type categoryPageArgs struct {
+	Category int64
+	Limit    int
 }

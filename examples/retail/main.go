@@ -324,7 +324,7 @@ func runWarm(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 			return fmt.Errorf("warm -raw: reading a cached stock row back: %w", err)
 		}
 		rep.RawKeyBytes, rep.RawValueBytes = len(it.Key), len(it.Value)
-		r, err := rawSetRate(ctx, out, a.mc.Client, stockRows, rep.RawKeyBytes, rep.RawValueBytes, workers)
+		r, err := rawSetRate(ctx, out, a.mc, stockRows, rep.RawKeyBytes, rep.RawValueBytes, workers)
 		if err != nil {
 			return err
 		}

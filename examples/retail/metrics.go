@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // queryCounter is a pgx.QueryTracer that counts the statements sent to
@@ -69,9 +69,9 @@ type metrics struct {
 	errors   *prometheus.CounterVec   // 5xx answers by route
 }
 
-// statsSource returns the repo.Stats of every cached store, query and
+// statsSource returns the observe.Stats of every cached store, query and
 // aggregate by name; the collector reads it at each scrape.
-type statsSource func() map[string]repo.Stats
+type statsSource func() map[string]observe.Stats
 
 // newMetrics registers the service's metrics: HTTP counters, the query
 // counter q, and the stores' cache counters read from stats at scrape time.
@@ -103,21 +103,21 @@ func newMetrics(q *queryCounter, stats statsSource) *metrics {
 	return m
 }
 
-// statsCollector exports repo.Stats of each store as counters labelled by
+// statsCollector exports observe.Stats of each store as counters labelled by
 // store name.
 type statsCollector struct{ stats statsSource }
 
 var statsDescs = []struct {
 	desc *prometheus.Desc
-	get  func(repo.Stats) uint64
+	get  func(observe.Stats) uint64
 }{
-	{prometheus.NewDesc(metricCacheHits, "Reads answered by the cache.", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.Hits }},
-	{prometheus.NewDesc(metricCacheMisses, "Keys not usable in the cache.", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.Misses }},
-	{prometheus.NewDesc(metricCacheFills, "Values put in the cache after a database read.", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.Fills }},
-	{prometheus.NewDesc(metricStoreDBReads, "Database queries made by the store to serve reads.", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.DBReads }},
-	{prometheus.NewDesc(metricLeaseWaits, "Polls made while another filler held a key's lease.", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.LeaseWaits }},
-	{prometheus.NewDesc(metricCASConflicts, "Compare-and-swap attempts lost to a concurrent change.", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.CASConflicts }},
-	{prometheus.NewDesc(metricCacheErrors, "Cache steps that failed (served from the database instead).", []string{"store"}, nil), func(s repo.Stats) uint64 { return s.CacheErrors }},
+	{prometheus.NewDesc(metricCacheHits, "Reads answered by the cache.", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.Hits }},
+	{prometheus.NewDesc(metricCacheMisses, "Keys not usable in the cache.", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.Misses }},
+	{prometheus.NewDesc(metricCacheFills, "Values put in the cache after a database read.", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.Fills }},
+	{prometheus.NewDesc(metricStoreDBReads, "Database queries made by the store to serve reads.", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.DBReads }},
+	{prometheus.NewDesc(metricLeaseWaits, "Polls made while another filler held a key's lease.", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.LeaseWaits }},
+	{prometheus.NewDesc(metricCASConflicts, "Compare-and-swap attempts lost to a concurrent change.", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.CASConflicts }},
+	{prometheus.NewDesc(metricCacheErrors, "Cache steps that failed (served from the database instead).", []string{"store"}, nil), func(s observe.Stats) uint64 { return s.CacheErrors }},
 }
 
 // Describe sends the descriptors of the store counters.

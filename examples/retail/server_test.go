@@ -202,7 +202,7 @@ func TestWarmThenServeFromCache(t *testing.T) {
 	if n := a.queries.reads.Load() - before; n != 0 {
 		t.Errorf("%d database reads after warm-up, want 0", n)
 	}
-	r, err := rawSetRate(ctx, io.Discard, a.mc.Client, 100, 40, 30, 4)
+	r, err := rawSetRate(ctx, io.Discard, a.mc, 100, 40, 30, 4)
 	if err != nil || r.Rows != 100 {
 		t.Errorf("rawSetRate: %d rows, %v", r.Rows, err)
 	}

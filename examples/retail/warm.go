@@ -171,7 +171,7 @@ func warmAll(ctx context.Context, a *app, out io.Writer, batch, workers int) ([]
 // goroutines doing plain gomemcache Sets of n values of valueSize bytes
 // under keys of keySize bytes, on the same client and server. The values
 // expire after a minute and live in their own key prefix.
-func rawSetRate(ctx context.Context, out io.Writer, mc *memcache.Client, n int64, keySize, valueSize, workers int) (warmResult, error) {
+func rawSetRate(ctx context.Context, out io.Writer, mc repo.Cache, n int64, keySize, valueSize, workers int) (warmResult, error) {
 	prefix := "retail-rawset-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
 	pad := max(0, keySize-len(prefix)-10)
 	prefix += strings.Repeat("x", pad)

@@ -1,4 +1,4 @@
-package repo
+package aggregate
 
 import (
 	"bytes"
@@ -15,9 +15,12 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/cachedrepo/cachedrepo/cachekeys"
+	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // LeaderboardConfig configures a Leaderboard. The zero value gives the
@@ -28,7 +31,7 @@ type LeaderboardConfig struct {
 	// is byte order, the order of Go strings), score (bigint) and version
 	// (bigint with an identity or sequence default), the primary key
 	// (board, player) and an index on (board, score DESC, player).
-	// Default "scores" (created by migration 000002).
+	// Default "scores" (created by migrations.Library).
 	Table string
 
 	// Size is the longest top list served from the cache: Top's n may be at
@@ -65,6 +68,14 @@ type LeaderboardConfig struct {
 	// whose copy of 100 Entries is one allocation, it took 1.3-6 µs, mostly
 	// garbage collection of the test's small heap.
 	LocalTTL time.Duration
+
+	// Repairer, if set, records in its outbox the keys whose deletion from
+	// the cache failed, so it deletes them later; the breaker waits for its
+	// replay after an outage.
+	Repairer *invalidation.Repairer
+
+	// Cache is how the board uses memcached.
+	Cache CacheConfig
 }
 
 // Entry is one player's place on a board. Rank is 1-based; ties in score
@@ -119,34 +130,36 @@ type Entry struct {
 //
 // A Leaderboard is safe for concurrent use.
 type Leaderboard struct {
-	core
-	db       DB
+	core     *protocol.Core
+	db       repo.DB
 	table    string
 	size     int
 	capacity int // Size + Slack
 	localTTL time.Duration
 	keys     cachekeys.Builder
-	group    singleflight.Group
 	seed     maphash.Seed
 	memo     [lbSlots]lbSlot // decoded lists by board hash (see lbMemo)
 
 	submitSQL, removeSQL, versionSQL, topSQL, rankSQL string
 }
 
-// NewLeaderboard returns a Leaderboard over cfg.Table; opts may be nil. It
-// checks the configuration and does not touch the database.
-func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*Leaderboard, error) {
+// NewLeaderboard returns a Leaderboard over cfg.Table. It checks the
+// configuration and does not touch the database.
+func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leaderboard, error) {
 	if db == nil || cache == nil {
-		return nil, errors.New("repo: NewLeaderboard needs a DB and a Cache")
+		return nil, errors.New("aggregate: NewLeaderboard needs a DB and a Cache")
 	}
 	if cfg.Table == "" {
 		cfg.Table = "scores"
+	}
+	if err := protocol.CheckIdent(cfg.Table); err != nil {
+		return nil, fmt.Errorf("aggregate: leaderboard table: %w", err)
 	}
 	if cfg.Size == 0 {
 		cfg.Size = 100
 	}
 	if cfg.Size < 0 || cfg.Size > 100000 {
-		return nil, fmt.Errorf("repo: leaderboard %q: Size %d out of range [1, 100000]", cfg.Table, cfg.Size)
+		return nil, fmt.Errorf("aggregate: leaderboard %q: Size %d out of range [1, 100000]", cfg.Table, cfg.Size)
 	}
 	switch {
 	case cfg.Slack == 0:
@@ -154,17 +167,17 @@ func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*
 	case cfg.Slack < 0:
 		cfg.Slack = 0
 	case cfg.Slack > 100000:
-		return nil, fmt.Errorf("repo: leaderboard %q: Slack %d out of range", cfg.Table, cfg.Slack)
+		return nil, fmt.Errorf("aggregate: leaderboard %q: Slack %d out of range", cfg.Table, cfg.Slack)
 	}
-	o := opts.withDefaults()
+	core := newCore(cache, cfg.Cache, cfg.Table, db, cfg.Repairer)
 	capacity := cfg.Size + cfg.Slack
-	kb, err := cachekeys.New(o.Namespace, keyName(cfg.Table), "lb1-"+strconv.Itoa(cfg.Size)+"-"+strconv.Itoa(capacity))
+	kb, err := cachekeys.New(core.Opt.Namespace, protocol.KeyName(cfg.Table), "lb1-"+strconv.Itoa(cfg.Size)+"-"+strconv.Itoa(capacity))
 	if err != nil {
-		return nil, fmt.Errorf("repo: leaderboard %q: %w", cfg.Table, err)
+		return nil, fmt.Errorf("aggregate: leaderboard %q: %w", cfg.Table, err)
 	}
-	t := quoteIdent(cfg.Table)
+	t := protocol.QuoteIdent(cfg.Table)
 	lb := &Leaderboard{
-		core:     core{cache: cache, opt: o},
+		core:     core,
 		db:       db,
 		table:    cfg.Table,
 		size:     cfg.Size,
@@ -177,7 +190,7 @@ func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*
 		// concurrent Remove must be newer than the removed row (see
 		// compiled.buildSQL for the same rule in stores).
 		submitSQL: "INSERT INTO " + t + " AS s (board, player, score, version) VALUES ($1, $2, $3," +
-			" (SELECT nextval(pg_get_serial_sequence(" + quoteLiteral(t) + ", 'version')) FROM (SELECT count(*) FROM" +
+			" (SELECT nextval(pg_get_serial_sequence(" + protocol.QuoteLiteral(t) + ", 'version')) FROM (SELECT count(*) FROM" +
 			" (SELECT 1 FROM " + t + " WHERE board = $1 AND player = $2 FOR UPDATE) AS l) AS w)) ON CONFLICT (board, player)" +
 			" DO UPDATE SET score = EXCLUDED.score, version = DEFAULT RETURNING version",
 		removeSQL:  "DELETE FROM " + t + " WHERE board = $1 AND player = $2 RETURNING version",
@@ -187,11 +200,11 @@ func NewLeaderboard(db DB, cache Cache, cfg LeaderboardConfig, opts *Options) (*
 			" (o.score > s.score OR (o.score = s.score AND o.player < s.player))) FROM " + t + " s" +
 			" WHERE s.board = $1 AND s.player = $2",
 	}
-	if o.Outbox != "" {
-		lb.lost = lb.recordLost(db, o.Outbox)
-	}
 	return lb, nil
 }
+
+// Stats returns a snapshot of the board's counters.
+func (lb *Leaderboard) Stats() observe.Stats { return lb.core.Snapshot() }
 
 // Key returns the cache key of board's list, for tests and tooling.
 func (lb *Leaderboard) Key(board string) string { return lb.keys.Key(board) }
@@ -199,20 +212,20 @@ func (lb *Leaderboard) Key(board string) string { return lb.keys.Key(board) }
 // Size returns the configured Size: the largest n Top accepts.
 func (lb *Leaderboard) Size() int { return lb.size }
 
-func (lb *Leaderboard) opErr(op, board, player string, err error) error {
+func (lb *Leaderboard) opErr(op observe.Op, board, player string, err error) error {
 	key := board
 	if player != "" {
 		key = board + "/" + player
 	}
-	return &OpError{Op: op, Table: lb.table, Key: key, Err: err}
+	return &repo.OpError{Op: op, Table: lb.table, Key: key, Err: err}
 }
 
-func (lb *Leaderboard) check(op, board, player string, needPlayer bool) error {
+func (lb *Leaderboard) check(op observe.Op, board, player string, needPlayer bool) error {
 	switch {
 	case board == "":
-		return lb.opErr(op, board, player, fmt.Errorf("%w: empty board name", ErrInvalidArgument))
+		return lb.opErr(op, board, player, fmt.Errorf("%w: empty board name", repo.ErrInvalidArgument))
 	case needPlayer && player == "":
-		return lb.opErr(op, board, player, fmt.Errorf("%w: empty player id", ErrInvalidArgument))
+		return lb.opErr(op, board, player, fmt.Errorf("%w: empty player id", repo.ErrInvalidArgument))
 	}
 	return nil
 }
@@ -220,7 +233,7 @@ func (lb *Leaderboard) check(op, board, player string, needPlayer bool) error {
 // Submit sets player's score on board (creating the entry, or replacing the
 // score, which may go down), commits it, then updates the cached list as the
 // type's documentation describes. It returns an error only if the database
-// write failed; cache failures are reported to Hooks.CacheError and end
+// write failed; cache failures are reported to a CacheError event (Hooks.Event) and end
 // with the list deleted. The cache step runs whatever ctx says.
 func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score int64) error {
 	if err := lb.check("submit", board, player, true); err != nil {
@@ -228,14 +241,14 @@ func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score i
 	}
 	var version int64
 	if err := lb.db.QueryRow(ctx, lb.submitSQL, board, player, score).Scan(&version); err != nil {
-		return lb.opErr("submit", board, player, err)
+		return lb.opErr(observe.OpSubmit, board, player, err)
 	}
 	lb.apply(ctx, board, lbUpdate{e: lbEntry{player: player, score: score, version: version}})
 	return nil
 }
 
 // Remove deletes player from board and updates the cached list. It returns
-// an error wrapping ErrNotFound if the player has no score on the board.
+// an error wrapping repo.ErrNotFound if the player has no score on the board.
 func (lb *Leaderboard) Remove(ctx context.Context, board, player string) error {
 	if err := lb.check("remove", board, player, true); err != nil {
 		return err
@@ -243,10 +256,10 @@ func (lb *Leaderboard) Remove(ctx context.Context, board, player string) error {
 	var version int64
 	err := lb.db.QueryRow(ctx, lb.removeSQL, board, player).Scan(&version)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return lb.opErr("remove", board, player, ErrNotFound)
+		return lb.opErr(observe.OpRemove, board, player, repo.ErrNotFound)
 	}
 	if err != nil {
-		return lb.opErr("remove", board, player, err)
+		return lb.opErr(observe.OpRemove, board, player, err)
 	}
 	lb.apply(ctx, board, lbUpdate{e: lbEntry{player: player, version: version}, removed: true})
 	return nil
@@ -287,17 +300,17 @@ func (lb *Leaderboard) topList(ctx context.Context, board string, n int) (*lbLis
 		return nil, err
 	}
 	if n < 0 || n > lb.size {
-		return nil, lb.opErr("top", board, "", fmt.Errorf("%w: n = %d, want 0 <= n <= Size (%d)", ErrInvalidArgument, n, lb.size))
+		return nil, lb.opErr(observe.OpTop, board, "", fmt.Errorf("%w: n = %d, want 0 <= n <= Size (%d)", repo.ErrInvalidArgument, n, lb.size))
 	}
 	l, err := lb.list(ctx, board)
 	if err != nil {
-		return nil, lb.opErr("top", board, "", err)
+		return nil, lb.opErr(observe.OpTop, board, "", err)
 	}
 	return l, nil
 }
 
 // Rank returns player's entry on board with its 1-based rank, or an error
-// wrapping ErrNotFound if the player has no score there. A player in the
+// wrapping repo.ErrNotFound if the player has no score there. A player in the
 // cached list is answered from it; anyone else is ranked by the database
 // (one query counting the players ahead), uncached.
 func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (Entry, error) {
@@ -306,23 +319,23 @@ func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (Entry, e
 	}
 	l, err := lb.list(ctx, board)
 	if err != nil {
-		return Entry{}, lb.opErr("rank", board, player, err)
+		return Entry{}, lb.opErr(observe.OpRank, board, player, err)
 	}
 	if i := l.index(player); i >= 0 {
 		e := l.entries[i]
 		return Entry{Player: e.player, Score: e.score, Rank: int64(i) + 1}, nil
 	}
 	if l.complete {
-		return Entry{}, lb.opErr("rank", board, player, ErrNotFound)
+		return Entry{}, lb.opErr(observe.OpRank, board, player, repo.ErrNotFound)
 	}
-	lb.stats.dbReads.Add(1)
+	lb.core.DBRead()
 	e := Entry{Player: player}
 	err = lb.db.QueryRow(ctx, lb.rankSQL, board, player).Scan(&e.Score, &e.Rank)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Entry{}, lb.opErr("rank", board, player, ErrNotFound)
+		return Entry{}, lb.opErr(observe.OpRank, board, player, repo.ErrNotFound)
 	}
 	if err != nil {
-		return Entry{}, lb.opErr("rank", board, player, err)
+		return Entry{}, lb.opErr(observe.OpRank, board, player, err)
 	}
 	return e, nil
 }
@@ -333,12 +346,12 @@ func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (Entry, e
 // equals the database after quiescence. It ignores LocalTTL.
 func (lb *Leaderboard) Cached(board string, n int) (entries []Entry, ok bool, err error) {
 	s := lb.slot(board)
-	it, err := lb.cache.Get(lb.Key(board))
-	if isMiss(err) {
+	it, err := lb.core.Cache.Get(lb.Key(board))
+	if protocol.IsMiss(err) {
 		return nil, false, nil
 	}
 	if err != nil {
-		return nil, false, lb.opErr("cached", board, "", err)
+		return nil, false, lb.opErr(observe.OpTop, board, "", err)
 	}
 	l, ok := lb.open(s, board, it)
 	if !ok {
@@ -364,7 +377,7 @@ func (lb *Leaderboard) list(ctx context.Context, board string) (*lbList, error) 
 		m = nil
 	}
 	if m != nil && m.local && m.gen == gen && time.Since(m.at) < lb.localTTL {
-		lb.stats.hits.Add(1)
+		lb.core.Hit(ctx, m.key)
 		return m.list, nil
 	}
 	key := ""
@@ -373,61 +386,50 @@ func (lb *Leaderboard) list(ctx context.Context, board string) (*lbList, error) 
 	} else {
 		key = lb.Key(board)
 	}
-	it, err := lb.cache.Get(key)
-	switch {
-	case err == nil:
-		if l, ok := lb.open(s, board, it); ok {
-			lb.stats.hits.Add(1)
+	v, hit, ok := lb.core.Read(ctx, key, func(it *memcache.Item) (any, bool) {
+		if l, found := lb.open(s, board, it); found {
 			lb.keep(s, board, key, it.Value, l, gen)
-			return l, nil
+			return l, true
 		}
-		if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
-			lb.cacheErr("decode", key, ErrCorrupt)
-			lb.invalidate(key)
-		}
-	case !isMiss(err):
-		lb.cacheErr("get", key, err)
+		return nil, false
+	})
+	switch {
+	case hit:
+		return v.(*lbList), nil
+	case !ok:
 		return lb.read(ctx, board)
 	}
-	lb.stats.misses.Add(1)
-	ch := lb.group.DoChan(key, func() (any, error) {
+	r, err := lb.core.Share(ctx, key, func(ctx context.Context) (any, error) {
 		// The loader's own gen: joiners may have read theirs after a
 		// Submit that this load does not reflect.
 		r := lbLoad{gen: s.gen.Load()}
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lb.opt.LeaseTTL)
-		defer cancel()
-		v, err := lb.leased(lctx, key,
+		v, err := lb.core.Leased(ctx, key,
 			func(it *memcache.Item, _ time.Time) (any, bool) { return lb.open(s, board, it) },
 			func(ctx context.Context) (any, []byte, uint32, int32, error) {
 				l, err := lb.read(ctx, board)
 				if err != nil {
 					return nil, nil, 0, 0, err
 				}
-				lb.stats.rebuilds.Add(1)
+				lb.core.Stats.Rebuilds.Add(1)
 				value := l.envelope()
-				if len(value) > lb.opt.MaxItemSize {
-					lb.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), lb.opt.MaxItemSize))
+				if len(value) > lb.core.Opt.MaxItemSize {
+					lb.core.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", repo.ErrTooLarge, len(value), lb.core.Opt.MaxItemSize))
 					value = nil
 				}
-				return l, value, flagsOf(kindValue), lb.expiry(lb.opt.TTL, true), nil
+				return l, value, protocol.FlagsOf(protocol.KindValue), lb.core.Expiry(lb.core.Opt.TTL, true), nil
 			})
 		if err != nil {
 			return nil, err
 		}
 		r.list = v.(*lbList)
 		return r, nil
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		ld := r.Val.(lbLoad)
-		lb.keep(s, board, key, nil, ld.list, ld.gen)
-		return ld.list, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	}, nil)
+	if err != nil {
+		return nil, err
 	}
+	ld := r.(lbLoad)
+	lb.keep(s, board, key, nil, ld.list, ld.gen)
+	return ld.list, nil
 }
 
 // lbLoad is a shared rebuild's result: the list and the slot generation
@@ -441,7 +443,7 @@ type lbLoad struct {
 // row tells whether that is all of them. BenchmarkLeaderboardTop/db-rebuild
 // measures this statement.
 func (lb *Leaderboard) read(ctx context.Context, board string) (*lbList, error) {
-	lb.stats.dbReads.Add(1)
+	lb.core.DBRead()
 	rows, err := lb.db.Query(ctx, lb.topSQL, board, lb.capacity+1)
 	if err != nil {
 		return nil, err
@@ -469,7 +471,7 @@ func (lb *Leaderboard) read(ctx context.Context, board string) (*lbList, error) 
 // (comparing a few kilobytes is far cheaper than decoding them). A list
 // that decodes is remembered in the slot for later reads and writes.
 func (lb *Leaderboard) open(s *lbSlot, board string, it *memcache.Item) (*lbList, bool) {
-	if m := s.memo.Load(); m != nil && m.board == board && m.raw != nil && bytes.Equal(m.raw, it.Value) && it.Flags == flagsOf(kindValue) {
+	if m := s.memo.Load(); m != nil && m.board == board && m.raw != nil && bytes.Equal(m.raw, it.Value) && it.Flags == protocol.FlagsOf(protocol.KindValue) {
 		return m.list, true
 	}
 	l, ok := lb.decode(it)
@@ -482,8 +484,8 @@ func (lb *Leaderboard) open(s *lbSlot, board string, it *memcache.Item) (*lbList
 
 // decode checks a cached item and decodes its list.
 func (lb *Leaderboard) decode(it *memcache.Item) (*lbList, bool) {
-	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
-	if !ok || k != kindValue {
+	k, _, payload, ok := protocol.OpenEnvelope(it.Flags, it.Value)
+	if !ok || k != protocol.KindValue {
 		return nil, false
 	}
 	l, err := decodeList(payload)
@@ -562,29 +564,29 @@ func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
 	s := lb.slot(board)
 	key := lb.Key(board)
 	defer lb.forget(board)
-	for try := 0; try < lb.opt.CASRetries; try++ {
+	for try := 0; try < lb.core.Opt.CASRetries; try++ {
 		if try > 0 {
-			_ = sleep(ctx, casBackoff(try-1))
+			_ = protocol.Sleep(ctx, protocol.CASBackoff(try-1))
 		}
-		it, err := lb.cache.Get(key)
-		if isMiss(err) {
+		it, err := lb.core.Cache.Get(key)
+		if protocol.IsMiss(err) {
 			return // nothing cached: the next read rebuilds
 		}
 		if err != nil {
-			lb.cacheErr("write", key, err)
-			lb.invalidate(key)
+			lb.core.CacheErr(ctx, observe.StepWrite, key, err)
+			lb.core.Invalidate(ctx, key)
 			return
 		}
-		if k, _, _, ok := openEnvelope(it.Flags, it.Value); ok && k == kindLease {
+		if k, _, _, ok := protocol.OpenEnvelope(it.Flags, it.Value); ok && k == protocol.KindLease {
 			// A rebuild is running and may have read the table before our
 			// commit: delete its placeholder so its install fails.
-			lb.invalidate(key)
+			lb.core.Invalidate(ctx, key)
 			return
 		}
 		cur, ok := lb.open(s, board, it)
 		if !ok {
-			lb.cacheErr("decode", key, ErrCorrupt)
-			lb.invalidate(key)
+			lb.core.CacheErr(ctx, observe.StepDecode, key, repo.ErrCorrupt)
+			lb.core.Invalidate(ctx, key)
 			return
 		}
 		if cur.unchanged(u) {
@@ -597,17 +599,17 @@ func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
 		case applyNone:
 			return
 		case applyDrop:
-			lb.drop(key)
+			lb.drop(ctx, key)
 			return
 		}
 		value := l.envelope()
-		if len(value) > lb.opt.MaxItemSize {
-			lb.cacheErr("encode", key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), lb.opt.MaxItemSize))
-			lb.drop(key)
+		if len(value) > lb.core.Opt.MaxItemSize {
+			lb.core.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", repo.ErrTooLarge, len(value), lb.core.Opt.MaxItemSize))
+			lb.drop(ctx, key)
 			return
 		}
-		it.Value, it.Expiration = value, lb.expiry(lb.opt.TTL, true)
-		err = lb.cache.CompareAndSwap(it)
+		it.Value, it.Expiration = value, lb.core.Expiry(lb.core.Opt.TTL, true)
+		err = lb.core.Cache.CompareAndSwap(it)
 		switch {
 		case err == nil:
 			if lb.usable(l) {
@@ -617,16 +619,16 @@ func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
 				lb.verify(ctx, board, key, u)
 			}
 			return
-		case isLost(err):
-			lb.stats.casConflicts.Add(1)
+		case protocol.IsLost(err):
+			lb.core.CASConflict(ctx, key)
 		default:
-			lb.cacheErr("write", key, err)
-			lb.invalidate(key)
+			lb.core.CacheErr(ctx, observe.StepWrite, key, err)
+			lb.core.Invalidate(ctx, key)
 			return
 		}
 	}
-	lb.cacheErr("write", key, ErrRetriesExhausted)
-	lb.drop(key)
+	lb.core.CacheErr(ctx, observe.StepWrite, key, repo.ErrRetriesExhausted)
+	lb.drop(ctx, key)
 }
 
 // verify runs after an update inserted a player who was not in the list. The
@@ -636,7 +638,7 @@ func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
 // read after the CAS; if it is no longer u's, the list is deleted. If it is,
 // any newer change commits later and finds the player in the list.
 func (lb *Leaderboard) verify(ctx context.Context, board, key string, u lbUpdate) {
-	ctx, cancel := context.WithTimeout(ctx, lb.opt.LeaseTTL)
+	ctx, cancel := context.WithTimeout(ctx, lb.core.Opt.LeaseTTL)
 	defer cancel()
 	var version int64
 	err := lb.db.QueryRow(ctx, lb.versionSQL, board, u.e.player).Scan(&version)
@@ -644,15 +646,15 @@ func (lb *Leaderboard) verify(ctx context.Context, board, key string, u lbUpdate
 		return
 	}
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		lb.cacheErr("verify", key, err)
+		lb.core.CacheErr(ctx, observe.StepWrite, key, err)
 	}
-	lb.drop(key)
+	lb.drop(ctx, key)
 }
 
 // drop deletes a list that can no longer be proven right.
-func (lb *Leaderboard) drop(key string) {
-	lb.stats.drops.Add(1)
-	lb.invalidate(key)
+func (lb *Leaderboard) drop(ctx context.Context, key string) {
+	lb.core.Stats.Drops.Add(1)
+	lb.core.Invalidate(ctx, key)
 }
 
 // lbEntry is one cached entry: a player, a score and its row version.
@@ -777,7 +779,7 @@ func (l *lbList) top(n int) []Entry {
 // The list payload: a flags byte (bit 0: complete), the entry count, then
 // per entry the player's length and bytes, the score and the version.
 func (l *lbList) envelope() []byte {
-	b := beginEnvelope(make([]byte, 0, 16+len(l.entries)*24), 0)
+	b := protocol.BeginEnvelope(make([]byte, 0, 16+len(l.entries)*24), 0)
 	var flags byte
 	if l.complete {
 		flags = 1
@@ -790,7 +792,7 @@ func (l *lbList) envelope() []byte {
 		b = binary.AppendVarint(b, e.score)
 		b = binary.AppendUvarint(b, uint64(e.version))
 	}
-	return finishEnvelope(b)
+	return protocol.FinishEnvelope(b)
 }
 
 var errBadList = errors.New("bad list")

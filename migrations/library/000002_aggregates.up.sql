@@ -1,4 +1,4 @@
--- Aggregates kept in the cache with CAS loops (repo.Counter, repo.Leaderboard).
+-- Aggregates kept in the cache with CAS loops (aggregate.Counter, aggregate.Leaderboard).
 -- version is drawn from an identity sequence and set to DEFAULT on every
 -- write, so it grows on every change of a row, across rows, and across
 -- delete + re-insert: the cache compares it to reject out-of-order updates.

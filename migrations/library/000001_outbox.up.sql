@@ -1,6 +1,6 @@
--- The invalidation outbox (repo.Options.Outbox): every write records its
+-- The invalidation outbox (repo.Options.Repairer): every write records its
 -- cache key here in its own transaction; rows left after a failed cache
--- update are replayed by repo.Repairer.
+-- update are replayed by invalidation.Repairer.
 CREATE TABLE cachedrepo_outbox (
     id         bigserial PRIMARY KEY,
     cache_key  text NOT NULL,

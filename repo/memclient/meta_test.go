@@ -1,11 +1,12 @@
-package repo
+package memclient
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,25 +15,25 @@ import (
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
-// The meta-protocol half of CacheClient, against a real memcached.
+// The meta-protocol half of Client, against a real memcached.
 
-func metaClient(t *testing.T, addr string) *CacheClient {
+func metaClient(t *testing.T, addr string) *Client {
 	t.Helper()
-	mc, err := NewCacheClient(4, time.Second, addr)
+	mc, err := New(Config{Servers: []string{addr}, MaxIdleConns: 4, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mc
 }
 
-func mustLease(t *testing.T, mc *CacheClient, key string) *metaLease {
+func mustLease(t *testing.T, mc *Client, key string) *Lease {
 	t.Helper()
-	it, l, err := mc.leaseGet(key, 3)
+	it, l, err := mc.LeaseGet(key, 3)
 	if err != nil || l == nil {
-		t.Fatalf("leaseGet(%s) of a missing key: lease %v, %v; want the lease", key, l, err)
+		t.Fatalf("LeaseGet(%s) of a missing key: lease %v, %v; want the lease", key, l, err)
 	}
 	if len(it.Value) != 0 || it.Flags != 0 {
-		t.Fatalf("leaseGet(%s): placeholder %q flags %d, want empty with flags 0", key, it.Value, it.Flags)
+		t.Fatalf("LeaseGet(%s): placeholder %q flags %d, want empty with flags 0", key, it.Value, it.Flags)
 	}
 	return l
 }
@@ -43,26 +44,26 @@ func TestCacheClientLease(t *testing.T) {
 
 	l := mustLease(t, mc, "k")
 	// Everyone else sees the placeholder as a lease, through mg and get.
-	it, l2, err := mc.leaseGet("k", 3)
+	it, l2, err := mc.LeaseGet("k", 3)
 	if err != nil || l2 != nil {
-		t.Fatalf("second leaseGet: lease %v, %v; want none", l2, err)
+		t.Fatalf("second LeaseGet: lease %v, %v; want none", l2, err)
 	}
-	if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
-		t.Fatalf("second leaseGet saw %q flags %d, not a lease", it.Value, it.Flags)
+	if len(it.Value) != 0 || it.Flags != 0 {
+		t.Fatalf("second LeaseGet saw %q flags %d, not a lease", it.Value, it.Flags)
 	}
 	if it, err := mc.Get("k"); err != nil || len(it.Value) != 0 || it.Flags != 0 {
 		t.Fatalf("get of the placeholder: %+v %v", it, err)
 	}
-	if err := l.fill([]byte("v1"), 7, 60); err != nil {
+	if err := l.Fill([]byte("v1"), 7, 60); err != nil {
 		t.Fatalf("fill: %v", err)
 	}
 	if it, err := mc.Get("k"); err != nil || string(it.Value) != "v1" || it.Flags != 7 {
 		t.Fatalf("after fill: %+v %v", it, err)
 	}
-	if it, l, err := mc.leaseGet("k", 3); err != nil || l != nil || string(it.Value) != "v1" || it.Flags != 7 {
-		t.Fatalf("leaseGet of a hit: %+v lease %v, %v", it, l, err)
+	if it, l, err := mc.LeaseGet("k", 3); err != nil || l != nil || string(it.Value) != "v1" || it.Flags != 7 {
+		t.Fatalf("LeaseGet of a hit: %+v lease %v, %v", it, l, err)
 	}
-	if err := l.fill([]byte("again"), 7, 60); !errors.Is(err, memcache.ErrCacheMiss) {
+	if err := l.Fill([]byte("again"), 7, 60); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("second fill with a used lease: %v, want ErrCacheMiss", err)
 	}
 
@@ -71,7 +72,7 @@ func TestCacheClientLease(t *testing.T) {
 	if err := mc.Set(&memcache.Item{Key: "written", Value: []byte("new")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.fill([]byte("old"), 0, 60); !errors.Is(err, memcache.ErrCASConflict) {
+	if err := l.Fill([]byte("old"), 0, 60); !errors.Is(err, memcache.ErrCASConflict) {
 		t.Fatalf("fill after a write: %v, want ErrCASConflict", err)
 	}
 	if it, err := mc.Get("written"); err != nil || string(it.Value) != "new" {
@@ -83,7 +84,7 @@ func TestCacheClientLease(t *testing.T) {
 	if err := mc.Delete("deleted"); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.fill([]byte("old"), 0, 60); !errors.Is(err, memcache.ErrCacheMiss) {
+	if err := l.Fill([]byte("old"), 0, 60); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("fill after a delete: %v, want ErrCacheMiss", err)
 	}
 	if _, err := mc.Get("deleted"); !errors.Is(err, memcache.ErrCacheMiss) {
@@ -92,7 +93,7 @@ func TestCacheClientLease(t *testing.T) {
 
 	// release deletes only an unchanged placeholder.
 	l = mustLease(t, mc, "released")
-	l.release()
+	l.Release()
 	if _, err := mc.Get("released"); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("after release: %v, want a miss", err)
 	}
@@ -100,7 +101,7 @@ func TestCacheClientLease(t *testing.T) {
 	if err := mc.Set(&memcache.Item{Key: "kept", Value: []byte("new")}); err != nil {
 		t.Fatal(err)
 	}
-	l.release()
+	l.Release()
 	if it, err := mc.Get("kept"); err != nil || string(it.Value) != "new" {
 		t.Fatalf("release after a write: %+v %v, want the write kept", it, err)
 	}
@@ -121,25 +122,25 @@ func TestCacheClientFillAfterRestart(t *testing.T) {
 	if theirs.cas != l.cas {
 		t.Fatalf("CAS ids %d and %d: the test needs them equal", l.cas, theirs.cas)
 	}
-	if err := l.fill([]byte("stale"), 0, 60); err == nil || isLost(err) {
+	if err := l.Fill([]byte("stale"), 0, 60); err == nil || errors.Is(err, memcache.ErrCASConflict) || errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("fill across a restart: %v, want a transport error", err)
 	}
 	if it, err := other.Get("k"); err != nil || len(it.Value) != 0 {
 		t.Fatalf("after the fill across a restart the key holds %+v, %v; want the other lease", it, err)
 	}
-	if err := theirs.fill([]byte("fresh"), 0, 60); err != nil {
+	if err := theirs.Fill([]byte("fresh"), 0, 60); err != nil {
 		t.Fatalf("the new lease's fill: %v", err)
 	}
 	// The client recovers: the cut connections are gone.
-	if it, l, err := mc.leaseGet("k", 3); err != nil || l != nil || string(it.Value) != "fresh" {
-		t.Fatalf("leaseGet after the restart: %+v lease %v, %v", it, l, err)
+	if it, l, err := mc.LeaseGet("k", 3); err != nil || l != nil || string(it.Value) != "fresh" {
+		t.Fatalf("LeaseGet after the restart: %+v lease %v, %v", it, l, err)
 	}
 	// Close drops the idle connections; the client still works after it.
 	if err := mc.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if it, _, err := mc.leaseGet("k", 3); err != nil || string(it.Value) != "fresh" {
-		t.Fatalf("leaseGet after Close: %+v, %v", it, err)
+	if it, _, err := mc.LeaseGet("k", 3); err != nil || string(it.Value) != "fresh" {
+		t.Fatalf("LeaseGet after Close: %+v, %v", it, err)
 	}
 }
 
@@ -179,17 +180,17 @@ func TestCacheClientBadReplies(t *testing.T) {
 		reply string
 		want  func(error) bool
 	}{
-		{"ERROR\r\n", func(err error) bool { return errors.Is(err, errNoMeta) }},
+		{"ERROR\r\n", func(err error) bool { return errors.Is(err, ErrNoMeta) }},
 		{"SERVER_ERROR out of memory\r\n", func(err error) bool { return errors.Is(err, memcache.ErrServerError) }},
-		{"CLIENT_ERROR bad command line format\r\n", isClientError},
+		{"CLIENT_ERROR bad command line format\r\n", func(err error) bool { return err != nil && strings.Contains(err.Error(), "client error") }},
 		{"VA x c1\r\n", func(err error) bool { return err != nil }},
 		{"VA 5 c1 f0 W\r\nab", func(err error) bool { return err != nil }},     // value cut short
 		{"VA 2 c1 f0\r\nabcd\r\n", func(err error) bool { return err != nil }}, // value longer than said
 		{"HD\n", func(err error) bool { return err != nil }},
 	} {
 		mc := metaClient(t, fakeServer(t, tc.reply))
-		mc.Timeout = 200 * time.Millisecond
-		it, l, err := mc.leaseGet("k", 3)
+		mc.mc.Timeout = 200 * time.Millisecond
+		it, l, err := mc.LeaseGet("k", 3)
 		if !tc.want(err) || it != nil || l != nil {
 			t.Errorf("reply %q: %+v lease %v, %v", tc.reply, it, l, err)
 		}
@@ -199,53 +200,16 @@ func TestCacheClientBadReplies(t *testing.T) {
 	}
 }
 
-// Without the meta protocol (a server that answered ERROR), the lease
-// protocol runs on the classic commands; with it, the lease is mg's
-// placeholder. Either way the fill lands.
-func TestLeasedWithAndWithoutMeta(t *testing.T) {
-	mp := repotest.StartMemcached(t)
-	for _, meta := range []bool{true, false} {
-		mc := metaClient(t, mp.Addr())
-		mc.noMeta.Store(!meta)
-		c := newCore(mc, (&Options{}).withDefaults())
-		c.meta = mc
-		key := "leased-" + map[bool]string{true: "meta", false: "classic"}[meta]
-		var during *memcache.Item
-		r, err := c.leased(context.Background(), key,
-			func(it *memcache.Item, _ time.Time) (any, bool) { return string(it.Value), true },
-			func(context.Context) (any, []byte, uint32, int32, error) {
-				during, _ = mc.Get(key)
-				return "loaded", []byte("value"), flagsOf(kindValue), 60, nil
-			})
-		if err != nil || r != "loaded" {
-			t.Fatalf("meta=%v: leased: %v, %v", meta, r, err)
-		}
-		if during == nil {
-			t.Fatalf("meta=%v: no lease while loading", meta)
-		}
-		k, _, _, ok := openEnvelope(during.Flags, during.Value)
-		if !ok || k != kindLease || (len(during.Value) == 0) != meta {
-			t.Fatalf("meta=%v: while loading the key held %q flags %#x", meta, during.Value, during.Flags)
-		}
-		if it, err := mc.Get(key); err != nil || string(it.Value) != "value" {
-			t.Fatalf("meta=%v: after the fill: %+v %v", meta, it, err)
-		}
-		if st := c.Stats(); st.Fills != 1 {
-			t.Fatalf("meta=%v: stats %+v, want 1 fill", meta, st)
-		}
-	}
-}
-
 // getMulti answers as gomemcache's GetMulti does: the same items, values
 // and flags, misses left out, duplicates and several servers included.
 func TestCacheClientGetMulti(t *testing.T) {
 	a, b := repotest.StartMemcached(t), repotest.StartMemcached(t)
 	mc := metaClient(t, a.Addr())
-	both, err := NewCacheClient(4, time.Second, a.Addr(), b.Addr())
+	both, err := New(Config{Servers: []string{a.Addr(), b.Addr()}, MaxIdleConns: 4, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []*CacheClient{mc, both} {
+	for _, c := range []*Client{mc, both} {
 		var keys []string
 		for i := range 60 {
 			key := "gm-" + strconv.Itoa(i)
@@ -270,7 +234,7 @@ func TestCacheClientGetMulti(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := c.GetMulti(keys)
+		want, err := c.gm().GetMulti(keys) // gomemcache's own
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,8 +252,8 @@ func TestCacheClientGetMulti(t *testing.T) {
 		}
 	}
 	// The connection is left clean: a lease read after a pipeline works.
-	if it, _, err := mc.leaseGet("gm-1", 3); err != nil || it.Flags != 1 {
-		t.Fatalf("leaseGet after getMulti: %+v, %v", it, err)
+	if it, _, err := mc.LeaseGet("gm-1", 3); err != nil || it.Flags != 1 {
+		t.Fatalf("LeaseGet after getMulti: %+v, %v", it, err)
 	}
 }
 
@@ -298,15 +262,17 @@ func TestCacheClientGetMultiBadReplies(t *testing.T) {
 		reply string
 		want  func(error) bool
 	}{
-		{"ERROR\r\n", func(err error) bool { return errors.Is(err, errNoMeta) }},
+		{"ERROR\r\n", func(err error) bool { return errors.Is(err, ErrNoMeta) }},
 		{"VA 1 f0 kother\r\nx\r\nMN\r\n", func(err error) bool { return err != nil }}, // a key not asked for
 		{"VA 1 f0\r\nx\r\nMN\r\n", func(err error) bool { return err != nil }},        // no key
 		{"VA 9 f0 kk\r\nx\r\n", func(err error) bool { return err != nil }},           // value cut short
 	} {
 		mc := metaClient(t, fakeServer(t, tc.reply))
-		mc.Timeout = 200 * time.Millisecond
+		mc.mc.Timeout = 200 * time.Millisecond
 		if items, err := mc.getMulti([]string{"k"}); !tc.want(err) {
 			t.Errorf("reply %q: %v, %v", tc.reply, items, err)
 		}
 	}
 }
+
+func TestMain(m *testing.M) { os.Exit(repotest.Run(m)) }

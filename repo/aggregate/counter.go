@@ -1,4 +1,4 @@
-package repo
+package aggregate
 
 import (
 	"context"
@@ -10,15 +10,18 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/cachedrepo/cachedrepo/cachekeys"
+	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // Counter is a set of named, exact counters: the database row is canonical
 // and the cache serves reads.
 //
-// The table (default "counters", created by migration 000002) is
+// The table (default "counters", created by migrations.Library) is
 //
 //	name    text PRIMARY KEY,
 //	value   bigint NOT NULL DEFAULT 0,
@@ -46,48 +49,54 @@ import (
 //
 // A Counter is safe for concurrent use.
 type Counter struct {
-	core
-	db    DB
+	core  *protocol.Core
+	db    repo.DB
 	table string
 	keys  cachekeys.Builder
-	group singleflight.Group
 
 	flights [flightShards]flightShard
 
 	update, upsert, selectOne string
 }
 
-// CounterConfig configures NewCounterTable.
+// CounterConfig configures NewCounter. The zero value gives the defaults.
 type CounterConfig struct {
 	// Table is the counters table, optionally schema-qualified ("app.counters").
 	// It needs the columns name (text, primary key), value (bigint) and
-	// version (bigint with an identity or sequence default). Default "counters".
+	// version (bigint with an identity or sequence default). Default
+	// "counters" (created by migrations.Library).
 	Table string
+
+	// Repairer, if set, records in its outbox the keys whose deletion from
+	// the cache failed, so it deletes them later; a crash between an Add's
+	// commit and its cache step is not covered (the cached value then
+	// expires after TTL). The breaker waits for its replay after an outage.
+	Repairer *invalidation.Repairer
+
+	// Cache is how the counter uses memcached.
+	Cache CacheConfig
 }
 
-// NewCounter returns a Counter over the table "counters"; opts may be nil.
-// It does not touch the database.
-func NewCounter(db DB, cache Cache, opts *Options) (*Counter, error) {
-	return NewCounterTable(db, cache, CounterConfig{}, opts)
-}
-
-// NewCounterTable returns a Counter over cfg.Table; opts may be nil. It does
-// not touch the database.
-func NewCounterTable(db DB, cache Cache, cfg CounterConfig, opts *Options) (*Counter, error) {
+// NewCounter returns a Counter over cfg.Table. It checks the configuration
+// and does not touch the database.
+func NewCounter(db repo.DB, cache repo.Cache, cfg CounterConfig) (*Counter, error) {
 	if db == nil || cache == nil {
-		return nil, errors.New("repo: NewCounter needs a DB and a Cache")
+		return nil, errors.New("aggregate: NewCounter needs a DB and a Cache")
 	}
 	if cfg.Table == "" {
 		cfg.Table = "counters"
 	}
-	o := opts.withDefaults()
-	kb, err := cachekeys.New(o.Namespace, keyName(cfg.Table), "n1")
-	if err != nil {
-		return nil, fmt.Errorf("repo: counter table %q: %w", cfg.Table, err)
+	if err := protocol.CheckIdent(cfg.Table); err != nil {
+		return nil, fmt.Errorf("aggregate: counter table: %w", err)
 	}
-	t := quoteIdent(cfg.Table)
-	c := &Counter{
-		core:   core{cache: cache, opt: o},
+	core := newCore(cache, cfg.Cache, cfg.Table, db, cfg.Repairer)
+	kb, err := cachekeys.New(core.Opt.Namespace, protocol.KeyName(cfg.Table), "n1")
+	if err != nil {
+		return nil, fmt.Errorf("aggregate: counter table %q: %w", cfg.Table, err)
+	}
+	t := protocol.QuoteIdent(cfg.Table)
+	return &Counter{
+		core:   core,
 		db:     db,
 		table:  cfg.Table,
 		keys:   kb,
@@ -95,18 +104,17 @@ func NewCounterTable(db DB, cache Cache, cfg CounterConfig, opts *Options) (*Cou
 		upsert: "INSERT INTO " + t + " AS c (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE" +
 			" SET value = c.value + EXCLUDED.value, version = DEFAULT RETURNING value, version",
 		selectOne: "SELECT value, version FROM " + t + " WHERE name = $1",
-	}
-	if o.Outbox != "" {
-		c.lost = c.recordLost(db, o.Outbox)
-	}
-	return c, nil
+	}, nil
 }
+
+// Stats returns a snapshot of the counter's counters.
+func (c *Counter) Stats() observe.Stats { return c.core.Snapshot() }
 
 // Key returns the cache key of the counter name, for tests and tooling.
 func (c *Counter) Key(name string) string { return c.keys.Key(name) }
 
-func (c *Counter) opErr(op, name string, err error) error {
-	return &OpError{Op: op, Table: c.table, Key: name, Err: err}
+func (c *Counter) opErr(op observe.Op, name string, err error) error {
+	return &repo.OpError{Op: op, Table: c.table, Key: name, Err: err}
 }
 
 // Add adds delta (negative values subtract) to the counter name, creating it
@@ -115,10 +123,10 @@ func (c *Counter) opErr(op, name string, err error) error {
 // returned value reflects every increment committed before it. A value
 // leaving bigint's range fails with the database's error and changes
 // nothing. The cache step runs after the commit whatever ctx says; its
-// failures are reported to Hooks.CacheError, never returned.
+// failures are reported to a CacheError event (Hooks.Event), never returned.
 func (c *Counter) Add(ctx context.Context, name string, delta int64) (int64, error) {
 	if name == "" {
-		return 0, c.opErr("add", name, fmt.Errorf("%w: empty counter name", ErrInvalidArgument))
+		return 0, c.opErr(observe.OpCounterAdd, name, fmt.Errorf("%w: empty counter name", repo.ErrInvalidArgument))
 	}
 	var value, version int64
 	err := c.db.QueryRow(ctx, c.update, name, delta).Scan(&value, &version)
@@ -126,20 +134,20 @@ func (c *Counter) Add(ctx context.Context, name string, delta int64) (int64, err
 		err = c.db.QueryRow(ctx, c.upsert, name, delta).Scan(&value, &version)
 	}
 	if err != nil {
-		return 0, c.opErr("add", name, err)
+		return 0, c.opErr(observe.OpCounterAdd, name, err)
 	}
-	c.writeThrough(c.Key(name), value, version)
+	c.writeThrough(ctx, c.Key(name), value, version)
 	return value, nil
 }
 
 // writeThrough writes (value, version) through to the cache, combining
 // concurrent Adds of one counter in this process: one goroutine at a time
-// runs putVersioned for a key, always with the newest version committed so
+// runs PutVersioned for a key, always with the newest version committed so
 // far, and the others wait until a write covering their version has
 // finished. A hot counter thus costs one cache write per round instead of
 // one per Add, and when Add returns the cache step for its version (or a
 // newer one) has run, as without combining.
-func (c *Counter) writeThrough(key string, value, version int64) {
+func (c *Counter) writeThrough(ctx context.Context, key string, value, version int64) {
 	sh := &c.flights[shardOf(key)]
 	sh.mu.Lock()
 	if sh.m == nil {
@@ -170,7 +178,7 @@ func (c *Counter) writeThrough(key string, value, version int64) {
 	for f.pendVer > f.doneVer {
 		val, ver := f.pendVal, f.pendVer
 		sh.mu.Unlock()
-		c.putVersioned(key, counterEnvelope(val, ver), flagsOf(kindValue), c.expiry(c.opt.TTL, true), ver)
+		c.core.PutVersioned(ctx, key, counterEnvelope(val, ver), protocol.FlagsOf(protocol.KindValue), c.core.Expiry(c.core.Opt.TTL, true), ver)
 		sh.mu.Lock()
 		f.doneVer = ver
 		sh.cond.Broadcast()
@@ -213,54 +221,43 @@ const flightShards = 64
 // fails, the value is read from the database.
 func (c *Counter) Get(ctx context.Context, name string) (int64, error) {
 	if name == "" {
-		return 0, c.opErr("get", name, fmt.Errorf("%w: empty counter name", ErrInvalidArgument))
+		return 0, c.opErr(observe.OpCounterGet, name, fmt.Errorf("%w: empty counter name", repo.ErrInvalidArgument))
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, c.opErr("get", name, err)
+		return 0, c.opErr(observe.OpCounterGet, name, err)
 	}
 	key := c.Key(name)
-	it, err := c.cache.Get(key)
+	v, hit, ok := c.core.Read(ctx, key, func(it *memcache.Item) (any, bool) { return openCounter(it) })
 	switch {
-	case err == nil:
-		if v, ok := openCounter(it); ok {
-			c.stats.hits.Add(1)
-			return v, nil
-		}
-		if k, _, _, ok := openEnvelope(it.Flags, it.Value); !ok || k != kindLease {
-			c.cacheErr("decode", key, ErrCorrupt)
-			c.invalidate(key)
-		}
-	case !isMiss(err):
-		c.cacheErr("get", key, err)
-		v, _, err := c.read(ctx, name)
-		if err != nil {
-			return 0, c.opErr("get", name, err)
-		}
-		return v, nil
+	case hit:
+		return v.(int64), nil
+	case !ok:
+		return c.readDB(ctx, name)
 	}
-	c.stats.misses.Add(1)
-	ch := c.group.DoChan(key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opt.LeaseTTL)
-		defer cancel()
-		return c.leased(lctx, key,
+	r, err := c.core.Share(ctx, key, func(ctx context.Context) (any, error) {
+		return c.core.Leased(ctx, key,
 			func(it *memcache.Item, _ time.Time) (any, bool) { return openCounter(it) },
 			func(ctx context.Context) (any, []byte, uint32, int32, error) {
 				v, ver, err := c.read(ctx, name)
 				if err != nil {
 					return nil, nil, 0, 0, err
 				}
-				return v, counterEnvelope(v, ver), flagsOf(kindValue), c.expiry(c.opt.TTL, true), nil
+				return v, counterEnvelope(v, ver), protocol.FlagsOf(protocol.KindValue), c.core.Expiry(c.core.Opt.TTL, true), nil
 			})
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return 0, c.opErr("get", name, r.Err)
-		}
-		return r.Val.(int64), nil
-	case <-ctx.Done():
-		return 0, c.opErr("get", name, ctx.Err())
+	}, nil)
+	if err != nil {
+		return 0, c.opErr(observe.OpCounterGet, name, err)
 	}
+	return r.(int64), nil
+}
+
+// readDB serves a Get from the database alone (the cache failed).
+func (c *Counter) readDB(ctx context.Context, name string) (int64, error) {
+	v, _, err := c.read(ctx, name)
+	if err != nil {
+		return 0, c.opErr(observe.OpCounterGet, name, err)
+	}
+	return v, nil
 }
 
 // Cached returns the value of the counter name as the cache holds it,
@@ -268,12 +265,12 @@ func (c *Counter) Get(ctx context.Context, name string) (int64, error) {
 // holds a lease or a corrupt value). It is meant for tests and monitoring,
 // e.g. to check that the cache equals the database after quiescence.
 func (c *Counter) Cached(name string) (value int64, ok bool, err error) {
-	it, err := c.cache.Get(c.Key(name))
-	if isMiss(err) {
+	it, err := c.core.Cache.Get(c.Key(name))
+	if protocol.IsMiss(err) {
 		return 0, false, nil
 	}
 	if err != nil {
-		return 0, false, c.opErr("cached", name, err)
+		return 0, false, c.opErr(observe.OpCounterGet, name, err)
 	}
 	v, ok := openCounter(it)
 	return v, ok, nil
@@ -282,7 +279,7 @@ func (c *Counter) Cached(name string) (value int64, ok bool, err error) {
 // read returns the counter's value and row version from the database; a
 // missing row is value 0 at version 0, older than any row's version.
 func (c *Counter) read(ctx context.Context, name string) (value, version int64, err error) {
-	c.stats.dbReads.Add(1)
+	c.core.DBRead()
 	err = c.db.QueryRow(ctx, c.selectOne, name).Scan(&value, &version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, 0, nil
@@ -292,14 +289,14 @@ func (c *Counter) read(ctx context.Context, name string) (value, version int64, 
 
 // counterEnvelope encodes a counter value of the given row version.
 func counterEnvelope(value, version int64) []byte {
-	b := beginEnvelope(make([]byte, 0, 24), version)
-	return finishEnvelope(binary.AppendVarint(b, value))
+	b := protocol.BeginEnvelope(make([]byte, 0, 24), version)
+	return protocol.FinishEnvelope(binary.AppendVarint(b, value))
 }
 
 // openCounter decodes a cached counter value.
 func openCounter(it *memcache.Item) (int64, bool) {
-	k, _, payload, ok := openEnvelope(it.Flags, it.Value)
-	if !ok || k != kindValue {
+	k, _, payload, ok := protocol.OpenEnvelope(it.Flags, it.Value)
+	if !ok || k != protocol.KindValue {
 		return 0, false
 	}
 	v, n := binary.Varint(payload)

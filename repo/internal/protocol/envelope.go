@@ -1,4 +1,4 @@
-package repo
+package protocol
 
 import (
 	"encoding/binary"
@@ -17,12 +17,12 @@ import (
 // The value is [crc32c of the rest, 4 bytes][uvarint row version][payload].
 // Anything else (unknown flags, a bad checksum, a short value) is corrupt and
 // is treated as a miss.
-type kind uint8
+type Kind uint8
 
 const (
-	kindValue  kind = 1
-	kindAbsent kind = 2
-	kindLease  kind = 3
+	KindValue  Kind = 1
+	KindAbsent Kind = 2
+	KindLease  Kind = 3
 
 	envelopeFormat = 1
 	headerMax      = 4 + binary.MaxVarintLen64
@@ -30,31 +30,31 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func flagsOf(k kind) uint32 { return uint32(k) | envelopeFormat<<8 }
+func FlagsOf(k Kind) uint32 { return uint32(k) | envelopeFormat<<8 }
 
-// beginEnvelope returns a buffer holding the envelope header for version,
-// ready for the payload to be appended; finishEnvelope seals it.
-func beginEnvelope(dst []byte, version int64) []byte {
+// BeginEnvelope returns a buffer holding the envelope header for version,
+// ready for the payload to be appended; FinishEnvelope seals it.
+func BeginEnvelope(dst []byte, version int64) []byte {
 	dst = append(dst[:0], 0, 0, 0, 0)
 	return binary.AppendUvarint(dst, uint64(version))
 }
 
-func finishEnvelope(b []byte) []byte {
+func FinishEnvelope(b []byte) []byte {
 	binary.LittleEndian.PutUint32(b, crc32.Checksum(b[4:], castagnoli))
 	return b
 }
 
-// openEnvelope checks flags and checksum and returns the kind, the row
+// OpenEnvelope checks flags and checksum and returns the kind, the row
 // version and the payload. ok is false for anything it does not recognise.
-func openEnvelope(flags uint32, b []byte) (k kind, version int64, payload []byte, ok bool) {
+func OpenEnvelope(flags uint32, b []byte) (k Kind, version int64, payload []byte, ok bool) {
 	if flags == 0 && len(b) == 0 { // the placeholder of a meta lease (see CacheClient)
-		return kindLease, 0, nil, true
+		return KindLease, 0, nil, true
 	}
 	if flags>>8 != envelopeFormat || len(b) < 5 {
 		return 0, 0, nil, false
 	}
-	k = kind(flags & 0xff)
-	if k < kindValue || k > kindLease {
+	k = Kind(flags & 0xff)
+	if k < KindValue || k > KindLease {
 		return 0, 0, nil, false
 	}
 	if binary.LittleEndian.Uint32(b) != crc32.Checksum(b[4:], castagnoli) {

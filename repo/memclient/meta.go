@@ -1,4 +1,4 @@
-package repo
+package memclient
 
 import (
 	"bufio"
@@ -10,77 +10,14 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 )
 
-// CacheClient is the memcached client for stores: a *memcache.Client (all
-// of whose methods it has) plus the requests of memcached's meta protocol
-// (1.6 and later) that make a miss as cheap as plain cache-aside and a
-// multi-key read cheaper than GetMulti.
-//
-// A Store whose cache is a *CacheClient reads with "mg <key> v c f N<ttl>":
-// a hit answers as a get does, and a miss creates an empty placeholder (the
-// key's lease) and tells the one reader that created it. That reader reads
-// the database and replaces the placeholder with "ms ... C<cas>" on the
-// same connection, or deletes it with "md ... C<cas>". So a miss costs two
-// memcached round trips, as a plain Get and Set do, instead of the four of
-// Get, lease Add, gets and CompareAndSwap. The fill goes out on the
-// connection that took the lease because CAS ids restart when memcached
-// does: a new connection may reach a restarted server, where the same CAS
-// id can name a newer item.
-//
-// Store.GetMany reads its keys with one pipeline of quiet mg requests per
-// server, ended by "mn": misses send nothing, and the values of the hits
-// share one buffer.
-//
-// Against a server without the meta protocol, the first meta request fails
-// with ERROR and the client uses the classic commands from then on.
-type CacheClient struct {
-	*memcache.Client
-	sel memcache.ServerSelector
-
-	noMeta atomic.Bool
-	pools  sync.Map // server address -> *metaPool
-}
-
-// NewCacheClient returns a CacheClient configured for use with stores:
-// MaxIdleConns is set to maxConcurrency (gomemcache's default of 2 makes a
-// busy service open a new TCP connection every few hundred requests) and the
-// per-call Timeout to timeout (default 250ms when zero). It returns an error
-// if a server address does not resolve.
-func NewCacheClient(maxConcurrency int, timeout time.Duration, servers ...string) (*CacheClient, error) {
-	var sl memcache.ServerList
-	if err := sl.SetServers(servers...); err != nil {
-		return nil, err
-	}
-	c := memcache.NewFromSelector(&sl)
-	if maxConcurrency < 2 {
-		maxConcurrency = 2
-	}
-	c.MaxIdleConns = maxConcurrency
-	if timeout <= 0 {
-		timeout = 250 * time.Millisecond
-	}
-	c.Timeout = timeout
-	return &CacheClient{Client: c, sel: &sl}, nil
-}
-
-// Close closes the client's idle connections, those of the embedded
-// *memcache.Client included. Like gomemcache's, a client used after Close
-// opens new ones.
-func (c *CacheClient) Close() error {
-	c.pools.Range(func(_, v any) bool {
-		v.(*metaPool).closeIdle()
-		return true
-	})
-	return c.Client.Close()
-}
-
-// errNoMeta means the server does not speak the meta protocol.
-var errNoMeta = errors.New("memcache: server does not support meta commands")
+// ErrNoMeta is returned by LeaseGet when the servers do not speak the meta
+// protocol (they answered ERROR): use the classic commands instead.
+var ErrNoMeta = errors.New("memclient: server does not support meta commands")
 
 // metaPool holds idle connections to one server.
 type metaPool struct {
@@ -97,15 +34,9 @@ type metaConn struct {
 	pool *metaPool
 }
 
-func (c *CacheClient) timeout() time.Duration {
-	if c.Client.Timeout > 0 {
-		return c.Client.Timeout
-	}
-	return memcache.DefaultTimeout
-}
-
 // conn returns an idle or new connection to the server of key.
-func (c *CacheClient) conn(key string) (*metaConn, error) {
+func (c *Client) conn(key string) (*metaConn, error) {
+	c.gm()
 	addr, err := c.sel.PickServer(key)
 	if err != nil {
 		return nil, err
@@ -123,11 +54,11 @@ func (c *CacheClient) conn(key string) (*metaConn, error) {
 		return mc, nil
 	}
 	p.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout())
 	defer cancel()
 	var nc net.Conn
-	if c.Client.DialContext != nil {
-		nc, err = c.Client.DialContext(ctx, addr.Network(), addr.String())
+	if c.mc.DialContext != nil {
+		nc, err = c.mc.DialContext(ctx, addr.Network(), addr.String())
 	} else {
 		var d net.Dialer
 		nc, err = d.DialContext(ctx, addr.Network(), addr.String())
@@ -139,10 +70,10 @@ func (c *CacheClient) conn(key string) (*metaConn, error) {
 }
 
 // put returns a healthy connection to its pool, or closes it.
-func (c *CacheClient) put(mc *metaConn) {
+func (c *Client) put(mc *metaConn) {
 	p := mc.pool
 	p.mu.Lock()
-	if len(p.idle) < max(c.Client.MaxIdleConns, memcache.DefaultMaxIdleConns) {
+	if len(p.idle) < max(c.mc.MaxIdleConns, memcache.DefaultMaxIdleConns) {
 		p.idle = append(p.idle, mc)
 		mc = nil
 	}
@@ -153,8 +84,8 @@ func (c *CacheClient) put(mc *metaConn) {
 }
 
 // roundTrip sends mc.buf and reads the response line (see readLine).
-func (c *CacheClient) roundTrip(mc *metaConn) ([]byte, error) {
-	err := mc.nc.SetDeadline(time.Now().Add(c.timeout()))
+func (c *Client) roundTrip(mc *metaConn) ([]byte, error) {
+	err := mc.nc.SetDeadline(time.Now().Add(c.Timeout()))
 	if err == nil {
 		_, err = mc.nc.Write(mc.buf)
 	}
@@ -169,7 +100,7 @@ func (c *CacheClient) roundTrip(mc *metaConn) ([]byte, error) {
 func (mc *metaConn) readLine() ([]byte, error) {
 	line, err := mc.rd.ReadSlice('\n')
 	if err == nil && !bytes.HasSuffix(line, crlf) {
-		err = fmt.Errorf("memcache: malformed response %q", line)
+		err = fmt.Errorf("memclient: malformed response %q", line)
 	}
 	if err != nil {
 		return nil, mc.fail(err)
@@ -186,7 +117,7 @@ func (mc *metaConn) appendValue(dst []byte, n int) ([]byte, error) {
 		return nil, mc.fail(err)
 	}
 	if !bytes.HasSuffix(dst, crlf) {
-		return nil, mc.fail(errors.New("memcache: malformed value"))
+		return nil, mc.fail(errors.New("memclient: malformed value"))
 	}
 	return dst[:len(dst)-2], nil
 }
@@ -234,30 +165,34 @@ func parseDecimal(b []byte) (uint64, bool) {
 func replyErr(line []byte) error {
 	switch {
 	case bytes.Equal(line, []byte("ERROR")):
-		return errNoMeta
+		return ErrNoMeta
 	case bytes.HasPrefix(line, []byte("SERVER_ERROR")):
 		return fmt.Errorf("%w: %s", memcache.ErrServerError, line[min(len(line), 13):])
 	case bytes.HasPrefix(line, []byte("CLIENT_ERROR")):
-		return fmt.Errorf("memcache: client error: %s", line[min(len(line), 13):])
+		return fmt.Errorf("memclient: client error: %s", line[min(len(line), 13):])
 	}
-	return fmt.Errorf("memcache: unexpected response %q", line)
+	return fmt.Errorf("memclient: unexpected response %q", line)
 }
 
-// metaLease is a key's lease, taken by this client's mg: the empty
-// placeholder with CAS id cas, to be replaced or deleted on conn.
-type metaLease struct {
-	c    *CacheClient
+// Lease is a key's lease, taken by LeaseGet: the empty placeholder the
+// read created, to be replaced (Fill) or deleted (Release) on the
+// connection that created it. A Lease is used once, by one goroutine.
+type Lease struct {
+	c    *Client
 	key  string
 	cas  uint64
 	conn *metaConn
 }
 
-// leaseGet reads key, creating a placeholder that lives ttl seconds if it is
+// LeaseGet reads key, creating a placeholder that lives ttl seconds if it is
 // missing. It returns the item (a placeholder is empty with flags 0) and,
-// if this call created the placeholder, the lease on it.
-func (c *CacheClient) leaseGet(key string, ttl int32) (*memcache.Item, *metaLease, error) {
+// if this call created the placeholder, the lease on it. A failed read is
+// not retried; after a connection was cut, the idle connections to that
+// server are closed too. Against servers without the meta protocol it
+// returns ErrNoMeta.
+func (c *Client) LeaseGet(key string, ttl int32) (*memcache.Item, *Lease, error) {
 	if c.noMeta.Load() {
-		return nil, nil, errNoMeta
+		return nil, nil, ErrNoMeta
 	}
 	mc, err := c.conn(key)
 	if err != nil {
@@ -275,7 +210,7 @@ func (c *CacheClient) leaseGet(key string, ttl int32) (*memcache.Item, *metaLeas
 	if !bytes.HasPrefix(line, []byte("VA ")) {
 		err := replyErr(line)
 		c.put(mc)
-		if errors.Is(err, errNoMeta) {
+		if errors.Is(err, ErrNoMeta) {
 			c.noMeta.Store(true)
 		}
 		return nil, nil, err
@@ -284,7 +219,7 @@ func (c *CacheClient) leaseGet(key string, ttl int32) (*memcache.Item, *metaLeas
 	h, ok := parseVA(line)
 	if !ok {
 		mc.nc.Close()
-		return nil, nil, fmt.Errorf("memcache: malformed response %q", line)
+		return nil, nil, fmt.Errorf("memclient: malformed response %q", line)
 	}
 	it := &memcache.Item{Key: key, Flags: h.flags}
 	if it.Value, err = mc.appendValue(make([]byte, 0, h.size+2), h.size); err != nil {
@@ -296,13 +231,16 @@ func (c *CacheClient) leaseGet(key string, ttl int32) (*memcache.Item, *metaLeas
 		c.put(mc)
 		return it, nil, nil
 	}
-	return it, &metaLease{c: c, key: key, cas: h.cas, conn: mc}, nil
+	return it, &Lease{c: c, key: key, cas: h.cas, conn: mc}, nil
 }
 
-// fill replaces the placeholder with value if it is still there and
+// Key returns the leased key.
+func (l *Lease) Key() string { return l.key }
+
+// Fill replaces the placeholder with value if it is still there and
 // unchanged: nil if it was stored, memcache.ErrCASConflict if the key
 // changed, memcache.ErrCacheMiss if it is gone. The lease is used up.
-func (l *metaLease) fill(value []byte, flags uint32, exp int32) error {
+func (l *Lease) Fill(value []byte, flags uint32, exp int32) error {
 	mc := l.conn
 	l.conn = nil
 	if mc == nil {
@@ -324,9 +262,9 @@ func (l *metaLease) fill(value []byte, flags uint32, exp int32) error {
 	return l.c.finish(mc)
 }
 
-// release deletes the placeholder if it is still there and unchanged, so
+// Release deletes the placeholder if it is still there and unchanged, so
 // that waiters need not sit out its TTL. The lease is used up.
-func (l *metaLease) release() {
+func (l *Lease) Release() {
 	mc := l.conn
 	l.conn = nil
 	if mc == nil {
@@ -341,7 +279,7 @@ func (l *metaLease) release() {
 }
 
 // finish sends an ms or md request and maps its answer.
-func (c *CacheClient) finish(mc *metaConn) error {
+func (c *Client) finish(mc *metaConn) error {
 	line, err := c.roundTrip(mc)
 	if err != nil {
 		return err
@@ -364,10 +302,11 @@ func (c *CacheClient) finish(mc *metaConn) error {
 // getMulti reads keys as memcache.Client.GetMulti does, with one pipeline
 // of quiet mg requests per server (misses send nothing; "mn" ends the
 // pipeline), the servers in parallel. It takes no leases.
-func (c *CacheClient) getMulti(keys []string) (map[string]*memcache.Item, error) {
+func (c *Client) getMulti(keys []string) (map[string]*memcache.Item, error) {
 	if c.noMeta.Load() {
-		return nil, errNoMeta
+		return nil, ErrNoMeta
 	}
+	c.gm()
 	out := make(map[string]*memcache.Item, len(keys))
 	groups, err := c.byServer(keys)
 	if err != nil {
@@ -394,7 +333,7 @@ func (c *CacheClient) getMulti(keys []string) (map[string]*memcache.Item, error)
 }
 
 // byServer splits keys by the server they live on, keeping their order.
-func (c *CacheClient) byServer(keys []string) ([][]string, error) {
+func (c *Client) byServer(keys []string) ([][]string, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -426,7 +365,7 @@ func (c *CacheClient) byServer(keys []string) ([][]string, error) {
 }
 
 // getPipeline reads keys, all of one server, into out.
-func (c *CacheClient) getPipeline(keys []string, out map[string]*memcache.Item) error {
+func (c *Client) getPipeline(keys []string, out map[string]*memcache.Item) error {
 	mc, err := c.conn(keys[0])
 	if err != nil {
 		return err
@@ -448,7 +387,7 @@ func (c *CacheClient) getPipeline(keys []string, out map[string]*memcache.Item) 
 	next := 0
 	for ; err == nil && !bytes.Equal(line, []byte("MN")); line, err = mc.readLine() {
 		if !bytes.HasPrefix(line, []byte("VA ")) {
-			if e := replyErr(line); errors.Is(e, errNoMeta) {
+			if e := replyErr(line); errors.Is(e, ErrNoMeta) {
 				c.noMeta.Store(true)
 				mc.nc.Close()
 				return e
@@ -463,7 +402,7 @@ func (c *CacheClient) getPipeline(keys []string, out map[string]*memcache.Item) 
 		}
 		if !ok || h.key == nil || next == len(keys) || len(items) == cap(items) {
 			mc.nc.Close()
-			return fmt.Errorf("memcache: malformed or unexpected response %q", line)
+			return fmt.Errorf("memclient: malformed or unexpected response %q", line)
 		}
 		items = append(items, memcache.Item{Key: keys[next], Flags: h.flags})
 		next++

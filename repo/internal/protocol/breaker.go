@@ -1,4 +1,4 @@
-package repo
+package protocol
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 )
 
 // breaker keeps reads off a cache that is failing. After BreakerFailures
@@ -17,10 +19,11 @@ import (
 // without paying the client timeout. After a timeout, a cooldown (doubling
 // on each failed probe, up to 30s) passes before the next read probes the
 // cache with a request of its own; after a fast failure the next read probes
-// at once, since that costs nothing. If the cache answers, recover runs (the store replays its outbox
-// there, so keys whose invalidation failed during the outage are gone) and
-// only then does the breaker close and the read go to the cache. No read
-// ever uses an answer the cache gave before recovery finished.
+// at once, since that costs nothing. If the cache answers, the breaker asks
+// its Recovery (the outbox's Repairer) for a replay, so keys whose
+// invalidation failed during the outage are gone, and stays open until that
+// replay has succeeded: the replay runs in the Repairer, never inside a read.
+// No read ever uses an answer the cache gave before recovery finished.
 //
 // Writes do not consult the breaker: they always try the cache, because a
 // write that skipped its cache update would leave a stale value behind.
@@ -28,7 +31,8 @@ type breaker struct {
 	threshold int
 	base      time.Duration
 	probe     func() error // a request whose outcome is all that matters
-	recover   func() error // may be nil
+	recovery  Recovery     // may be nil
+	changed   func(open bool, err error)
 
 	open atomic.Bool // fast path for readers
 	bad  atomic.Int32
@@ -37,10 +41,11 @@ type breaker struct {
 	mu       sync.Mutex
 	until    time.Time
 	cooldown time.Duration
+	replay   <-chan error // the replay asked for after the last good probe
 }
 
-func newBreaker(threshold int, cooldown time.Duration, probe func() error) *breaker {
-	return &breaker{threshold: threshold, base: cooldown, cooldown: cooldown, probe: probe}
+func newBreaker(threshold int, cooldown time.Duration, probe func() error, rec Recovery, changed func(bool, error)) *breaker {
+	return &breaker{threshold: threshold, base: cooldown, cooldown: cooldown, probe: probe, recovery: rec, changed: changed}
 }
 
 // allowRead reports whether a read may use the cache now. While the breaker
@@ -57,22 +62,34 @@ func (b *breaker) allowRead() bool {
 	if !b.open.Load() {
 		return true
 	}
-	if time.Now().Before(b.until) {
-		return false
-	}
-	if err := b.probe(); isTransportErr(err) {
-		b.reopen(err)
-		return false
-	}
-	if b.recover != nil {
-		if err := b.recover(); err != nil {
+	if b.replay == nil {
+		if time.Now().Before(b.until) {
+			return false
+		}
+		if err := b.probe(); IsTransportErr(err) {
 			b.reopen(err)
 			return false
+		}
+		if b.recovery != nil {
+			b.replay = b.recovery.Replay()
+		}
+	}
+	if b.replay != nil {
+		select {
+		case err := <-b.replay:
+			b.replay = nil
+			if err != nil {
+				b.reopen(err)
+				return false
+			}
+		default:
+			return false // still replaying
 		}
 	}
 	b.bad.Store(0)
 	b.cooldown = b.base
 	b.open.Store(false)
+	b.changed(false, nil)
 	return true
 }
 
@@ -93,7 +110,7 @@ func (b *breaker) reopen(err error) {
 // record notes the outcome of one cache call. Successes only reset the
 // failure count of a closed breaker; an open one closes in allowRead.
 func (b *breaker) record(err error) {
-	if !isTransportErr(err) {
+	if !IsTransportErr(err) {
 		if b.bad.Load() != 0 && !b.open.Load() {
 			b.bad.Store(0)
 		}
@@ -122,6 +139,8 @@ func (b *breaker) trip(err error) {
 			b.until = b.until.Add(b.cooldown)
 		}
 		b.open.Store(true)
+		b.replay = nil
+		b.changed(true, err)
 	}
 }
 
@@ -136,16 +155,17 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// isTransportErr reports whether err means the cache could not be reached,
+// IsTransportErr reports whether err means the cache could not be reached,
 // as opposed to an answer (a miss, a conflict, a refused store).
-func isTransportErr(err error) bool {
+func IsTransportErr(err error) bool {
 	switch {
 	case err == nil,
 		errors.Is(err, memcache.ErrCacheMiss),
 		errors.Is(err, memcache.ErrCASConflict),
 		errors.Is(err, memcache.ErrNotStored),
 		errors.Is(err, memcache.ErrMalformedKey),
-		errors.Is(err, memcache.ErrServerError):
+		errors.Is(err, memcache.ErrServerError),
+		errors.Is(err, memclient.ErrNoMeta):
 		return false
 	}
 	return true
@@ -188,7 +208,7 @@ func retryRead[R any](read func() (R, error), b *breaker) (r R, err error) {
 // retryable reports whether a read that failed with err is worth another
 // try at once: a transport failure that was not a timeout (a closed or
 // reset connection), since another timeout would double the wait.
-func retryable(err error) bool { return isTransportErr(err) && !isTimeout(err) }
+func retryable(err error) bool { return IsTransportErr(err) && !isTimeout(err) }
 
 func (g guarded) Add(it *memcache.Item) error { return g.rec(g.Cache.Add(it)) }
 
