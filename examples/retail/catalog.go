@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/cachedrepo/cachedrepo/examples/retail/catalogdb"
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
@@ -66,6 +67,9 @@ type catalog struct {
 	shops      *repo.Store[Shop, string]
 	stock      *repo.Store[Stock, StockKey]
 
+	// sqlcProducts is the products table over sqlc's generated code (sqlc.go).
+	sqlcProducts *repo.Store[catalogdb.Product, int64]
+
 	// categoryPage caches the product ids of one category page (args:
 	// category id, limit) for a few seconds; the products themselves come
 	// from the products store, so a price change shows at once.
@@ -92,6 +96,9 @@ func newCatalog(db repo.DB, cache repo.Cache, opts *repo.Options) (*catalog, err
 		Columns: []string{"id", "article_number", "name", "category_id", "price_cents", "updated_at", "version"},
 		Version: "version",
 	}, opts); err != nil {
+		return nil, err
+	}
+	if c.sqlcProducts, err = repo.New(db, cache, sqlcProductsTable, opts); err != nil {
 		return nil, err
 	}
 	if c.shops, err = repo.New(db, cache, repo.Table[Shop, string]{
@@ -178,6 +185,7 @@ func (c *catalog) stats() map[string]observe.Stats {
 		"products":      c.products.Stats(),
 		"stores":        c.shops.Stats(),
 		"stock":         c.stock.Stats(),
+		"sqlc-products": c.sqlcProducts.Stats(),
 		"category-page": c.categoryPage.Stats(),
 		"store-codes":   c.storeCodes.Stats(),
 	}

@@ -29,6 +29,7 @@ const (
 //	GET  /healthz                                   Postgres (and memcached) reachable
 //	GET  /metrics                                   Prometheus metrics
 //	GET  /products/{id}                             one product
+//	GET  /sqlc/products/{id}                        the same, from the sqlc-typed store (sqlc.go)
 //	GET  /categories/{id}/products?limit=N          products of a category, by id
 //	GET  /stock/{article}/{uom}                     stock of an article in every store
 //	GET  /stock/{article}/{uom}/{store}             stock of an article in one store
@@ -46,6 +47,7 @@ func (a *app) handler() http.Handler {
 	mux.HandleFunc("GET /healthz", a.health)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /products/{id}", a.getProduct)
+	mux.HandleFunc("GET /sqlc/products/{id}", a.getSQLCProduct)
 	mux.HandleFunc("GET /categories/{id}/products", a.listCategory)
 	mux.HandleFunc("GET /stock/{article}/{uom}", a.getStockAcross)
 	mux.HandleFunc("GET /stock/{article}/{uom}/{store}", a.getStock)
