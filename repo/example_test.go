@@ -21,7 +21,7 @@ import (
 // the same three things from its configuration instead:
 //
 //	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
-//	mc, err := cacheClient(64, 100*time.Millisecond, "127.0.0.1:11211")
+//	mc, err := memclient.New(memclient.Config{Servers: []string{"127.0.0.1:11211"}})
 //	namespace := "shop"
 //
 // Examples cannot be skipped: when the servers are missing the example
@@ -161,7 +161,7 @@ func ExampleStore_Update() {
 // with the migrations applied and three products, a memcached client, a key
 // namespace, and a function that closes the pool and drops the database.
 func exampleServers(name string) (*pgxpool.Pool, *memclient.Client, string, func(), error) {
-	sc, err := repotest.NewScratch(name)
+	sc, err := exampleScratch(name)
 	if err != nil {
 		return nil, nil, "", nil, err
 	}
@@ -176,18 +176,34 @@ func exampleServers(name string) (*pgxpool.Pool, *memclient.Client, string, func
 		_ = sc.Close()
 	}
 	mc, err := cacheClient(8, time.Second, sc.Memcached)
-	if err == nil {
-		err = migrations.Up(sc.DatabaseURL)
-	}
-	if err == nil {
-		_, err = pool.Exec(ctx, `
-			INSERT INTO categories (id, name) VALUES (1, 'tools');
-			INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES
-				(1, 'A1', 'hammer', 1, 1299), (2, 'A2', 'saw', 1, 2450), (3, 'A3', 'spade', 1, 1875)`)
-	}
 	if err != nil {
 		done()
 		return nil, nil, "", nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return pool, mc, sc.Namespace, done, nil
+}
+
+// exampleScratch returns a fresh database with the migrations applied and
+// three products, and the memcached server and namespace to use.
+func exampleScratch(name string) (*repotest.Scratch, error) {
+	sc, err := repotest.NewScratch(name)
+	if err != nil {
+		return nil, err
+	}
+	err = migrations.Up(sc.DatabaseURL)
+	if err == nil {
+		var pool *pgxpool.Pool
+		if pool, err = pgxpool.New(context.Background(), sc.DatabaseURL); err == nil {
+			_, err = pool.Exec(context.Background(), `
+				INSERT INTO categories (id, name) VALUES (1, 'tools');
+				INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES
+					(1, 'A1', 'hammer', 1, 1299), (2, 'A2', 'saw', 1, 2450), (3, 'A3', 'spade', 1, 1875)`)
+			pool.Close()
+		}
+	}
+	if err != nil {
+		_ = sc.Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return sc, nil
 }
