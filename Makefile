@@ -9,7 +9,7 @@ MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached
 
 .PHONY: test vet bench fuzz check-memcached demo demo-full check-go
 
-ADAPTERS := repo/repootel repo/repoprom
+ADAPTERS := repo/repootel
 
 ## test: run all tests with the race detector, the adapters' modules included
 ## (installs memcached if missing and root)

@@ -20,7 +20,7 @@
 //	repo/invalidation  the outbox Repairer, which replays cache steps that did not happen
 //	repo/observe       Hooks, Events, Op names and Stats, for metrics and tracing
 //	repo/repootel      OpenTelemetry traces and metrics from Hooks (a module of its own)
-//	repo/repoprom      a Prometheus collector from Hooks (a module of its own)
+//	repo/repoprom      a Prometheus collector from Hooks
 //	repo/repotest      real PostgreSQL and memcached servers for tests
 //	migrations         the library's own tables (outbox, counters, scores)
 //

@@ -12,6 +12,7 @@ import (
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
+	"github.com/cachedrepo/cachedrepo/repo/repoprom"
 )
 
 // app is everything a subcommand needs: the pool, the cache client, the
@@ -26,6 +27,7 @@ type app struct {
 	cat     *catalog
 	agg     *aggregates
 	metrics *metrics
+	prom    *repoprom.Collector // the library's hooks as Prometheus metrics
 }
 
 // newApp connects to Postgres (pool of cfg.DBMaxConns, with the query
@@ -57,14 +59,17 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 	} else {
 		a.cache = offCache{}
 	}
+	a.prom = repoprom.New("")
 	opts := &repo.Options{
 		Namespace: cfg.Namespace,
 		TTL:       cfg.CacheTTL,
-		Hooks: observe.Hooks{Event: func(ctx context.Context, e observe.Event) {
+		// Hooks: events and operation latencies on /metrics (repoprom), and
+		// failed cache steps in the debug log.
+		Hooks: observe.Join(a.prom.Hooks(), observe.Hooks{Event: func(ctx context.Context, e observe.Event) {
 			if e.Kind == observe.CacheError && !errors.Is(e.Err, repo.ErrRetriesExhausted) {
 				log.Debug("cache step failed; served from Postgres", "op", e.Op, "step", e.Step, "key", e.Key, "err", e.Err)
 			}
-		}},
+		}}),
 	}
 	if a.cat, err = newCatalog(a.pool, a.cache, opts); err != nil {
 		a.close()
@@ -74,7 +79,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 		a.close()
 		return nil, err
 	}
-	a.metrics = newMetrics(a.queries, a.stats)
+	a.metrics = newMetrics(a.queries, a.stats, a.prom)
 	return a, nil
 }
 

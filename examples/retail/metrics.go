@@ -74,8 +74,10 @@ type metrics struct {
 type statsSource func() map[string]observe.Stats
 
 // newMetrics registers the service's metrics: HTTP counters, the query
-// counter q, and the stores' cache counters read from stats at scrape time.
-func newMetrics(q *queryCounter, stats statsSource) *metrics {
+// counter q, the stores' cache counters read from stats at scrape time, and
+// the library's events and operation latencies from its hooks (hooks, a
+// repoprom.Collector).
+func newMetrics(q *queryCounter, stats statsSource, hooks prometheus.Collector) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -97,6 +99,7 @@ func newMetrics(q *queryCounter, stats statsSource) *metrics {
 			Name: metricDBReadQueries, Help: "SELECT statements without FOR UPDATE sent to PostgreSQL.",
 		}, func() float64 { return float64(q.reads.Load()) }),
 		&statsCollector{stats: stats},
+		hooks,
 		prometheus.NewGoCollector(),
 		prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
 	)

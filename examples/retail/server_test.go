@@ -161,6 +161,14 @@ func TestEndpoints(t *testing.T) {
 					t.Errorf("/metrics lacks %s", m)
 				}
 			}
+			// The library's hooks, through repoprom: every op's latency, and
+			// hits only with the cache on.
+			if !strings.Contains(string(b), `cachedrepo_operation_duration_seconds_count{op="get",outcome="ok",table="products"}`) {
+				t.Errorf("/metrics lacks the hooks' operation latencies")
+			}
+			if hooksHit := strings.Contains(string(b), `cachedrepo_events_total{kind="hit",op="get",step="",table="products"}`); hooksHit != cache {
+				t.Errorf("/metrics: cache %v, but the hooks' product hits are there: %v", cache, hooksHit)
+			}
 			hit0 := strings.Contains(string(b), `cachedrepo_cache_hits_total{store="products"} 0`+"\n")
 			if cache == hit0 {
 				t.Errorf("/metrics: cache %v, but products hits are zero: %v", cache, hit0)

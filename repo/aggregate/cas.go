@@ -82,7 +82,8 @@ func NewCacheCounter(cache repo.Cache, cfg CacheConfig) (*CacheCounter, error) {
 // Stats returns a snapshot of the counter's counters.
 func (c *CacheCounter) Stats() observe.Stats { return c.core.Snapshot() }
 
-// Key returns the cache key of the counter name.
+// Key returns the cache key of the counter name: the supported way to
+// inspect or delete it by hand.
 func (c *CacheCounter) Key(name string) string { return c.keys.Key(name) }
 
 func (c *CacheCounter) opErr(op observe.Op, name string, err error) error {
@@ -98,7 +99,9 @@ func (c *CacheCounter) opErr(op observe.Op, name string, err error) error {
 // Options.CASRetries: when they run out Increment returns an error wrapping
 // repo.ErrRetriesExhausted, and the increment was not applied.
 // It is safe for concurrent use.
-func (c *CacheCounter) Increment(ctx context.Context, name string, delta int64) (int64, error) {
+func (c *CacheCounter) Increment(ctx context.Context, name string, delta int64) (_ int64, err error) {
+	ctx, end := c.core.Begin(ctx, observe.OpCacheIncrement)
+	defer func() { end(err) }()
 	if name == "" {
 		return 0, c.opErr(observe.OpCacheIncrement, name, fmt.Errorf("%w: empty counter name", repo.ErrInvalidArgument))
 	}
@@ -136,7 +139,7 @@ func (c *CacheCounter) Increment(ctx context.Context, name string, delta int64) 
 		}
 	}
 	var n int64
-	_, err := c.core.CASLoop(ctx, key, func(cur []byte, found bool) ([]byte, error) {
+	_, err = c.core.CASLoop(ctx, key, func(cur []byte, found bool) ([]byte, error) {
 		v := int64(0)
 		if found {
 			var err error
@@ -158,7 +161,9 @@ func (c *CacheCounter) Increment(ctx context.Context, name string, delta int64) 
 
 // Get returns the value of the counter name, zero if it is not in the
 // cache. It is safe for concurrent use.
-func (c *CacheCounter) Get(ctx context.Context, name string) (int64, error) {
+func (c *CacheCounter) Get(ctx context.Context, name string) (_ int64, err error) {
+	ctx, end := c.core.Begin(ctx, observe.OpCacheCounter)
+	defer func() { end(err) }()
 	if name == "" {
 		return 0, c.opErr(observe.OpCacheCounter, name, fmt.Errorf("%w: empty counter name", repo.ErrInvalidArgument))
 	}

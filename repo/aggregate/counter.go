@@ -110,7 +110,8 @@ func NewCounter(db repo.DB, cache repo.Cache, cfg CounterConfig) (*Counter, erro
 // Stats returns a snapshot of the counter's counters.
 func (c *Counter) Stats() observe.Stats { return c.core.Snapshot() }
 
-// Key returns the cache key of the counter name, for tests and tooling.
+// Key returns the cache key of the counter name: the supported way to
+// inspect or delete it by hand.
 func (c *Counter) Key(name string) string { return c.keys.Key(name) }
 
 func (c *Counter) opErr(op observe.Op, name string, err error) error {
@@ -124,12 +125,14 @@ func (c *Counter) opErr(op observe.Op, name string, err error) error {
 // leaving bigint's range fails with the database's error and changes
 // nothing. The cache step runs after the commit whatever ctx says; its
 // failures are reported to a CacheError event (Hooks.Event), never returned.
-func (c *Counter) Add(ctx context.Context, name string, delta int64) (int64, error) {
+func (c *Counter) Add(ctx context.Context, name string, delta int64) (_ int64, err error) {
+	ctx, end := c.core.Begin(ctx, observe.OpCounterAdd)
+	defer func() { end(err) }()
 	if name == "" {
 		return 0, c.opErr(observe.OpCounterAdd, name, fmt.Errorf("%w: empty counter name", repo.ErrInvalidArgument))
 	}
 	var value, version int64
-	err := c.db.QueryRow(ctx, c.update, name, delta).Scan(&value, &version)
+	err = c.db.QueryRow(ctx, c.update, name, delta).Scan(&value, &version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = c.db.QueryRow(ctx, c.upsert, name, delta).Scan(&value, &version)
 	}
@@ -219,7 +222,9 @@ const flightShards = 64
 // counter in this process share one load, and across processes a lease
 // lets one of them read the database and fill the cache. If the cache
 // fails, the value is read from the database.
-func (c *Counter) Get(ctx context.Context, name string) (int64, error) {
+func (c *Counter) Get(ctx context.Context, name string) (_ int64, err error) {
+	ctx, end := c.core.Begin(ctx, observe.OpCounterGet)
+	defer func() { end(err) }()
 	if name == "" {
 		return 0, c.opErr(observe.OpCounterGet, name, fmt.Errorf("%w: empty counter name", repo.ErrInvalidArgument))
 	}

@@ -206,7 +206,8 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 // Stats returns a snapshot of the board's counters.
 func (lb *Leaderboard) Stats() observe.Stats { return lb.core.Snapshot() }
 
-// Key returns the cache key of board's list, for tests and tooling.
+// Key returns the cache key of board's list: the supported way to inspect
+// or delete it by hand.
 func (lb *Leaderboard) Key(board string) string { return lb.keys.Key(board) }
 
 // Size returns the configured Size: the largest n Top accepts.
@@ -235,7 +236,9 @@ func (lb *Leaderboard) check(op observe.Op, board, player string, needPlayer boo
 // type's documentation describes. It returns an error only if the database
 // write failed; cache failures are reported to a CacheError event (Hooks.Event) and end
 // with the list deleted. The cache step runs whatever ctx says.
-func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score int64) error {
+func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score int64) (err error) {
+	ctx, end := lb.core.Begin(ctx, observe.OpSubmit)
+	defer func() { end(err) }()
 	if err := lb.check("submit", board, player, true); err != nil {
 		return err
 	}
@@ -249,12 +252,14 @@ func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score i
 
 // Remove deletes player from board and updates the cached list. It returns
 // an error wrapping repo.ErrNotFound if the player has no score on the board.
-func (lb *Leaderboard) Remove(ctx context.Context, board, player string) error {
+func (lb *Leaderboard) Remove(ctx context.Context, board, player string) (err error) {
+	ctx, end := lb.core.Begin(ctx, observe.OpRemove)
+	defer func() { end(err) }()
 	if err := lb.check("remove", board, player, true); err != nil {
 		return err
 	}
 	var version int64
-	err := lb.db.QueryRow(ctx, lb.removeSQL, board, player).Scan(&version)
+	err = lb.db.QueryRow(ctx, lb.removeSQL, board, player).Scan(&version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return lb.opErr(observe.OpRemove, board, player, repo.ErrNotFound)
 	}
@@ -286,7 +291,9 @@ func (lb *Leaderboard) Top(ctx context.Context, board string, n int) ([]Entry, e
 // entries makes a hit within LocalTTL allocation-free, and a memcached hit
 // of an unchanged list cost only what gomemcache allocates. On error dst is
 // returned unchanged.
-func (lb *Leaderboard) AppendTop(ctx context.Context, dst []Entry, board string, n int) ([]Entry, error) {
+func (lb *Leaderboard) AppendTop(ctx context.Context, dst []Entry, board string, n int) (_ []Entry, err error) {
+	ctx, end := lb.core.Begin(ctx, observe.OpTop)
+	defer func() { end(err) }()
 	l, err := lb.topList(ctx, board, n)
 	if err != nil {
 		return dst, err
@@ -313,7 +320,9 @@ func (lb *Leaderboard) topList(ctx context.Context, board string, n int) (*lbLis
 // wrapping repo.ErrNotFound if the player has no score there. A player in the
 // cached list is answered from it; anyone else is ranked by the database
 // (one query counting the players ahead), uncached.
-func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (Entry, error) {
+func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (_ Entry, err error) {
+	ctx, end := lb.core.Begin(ctx, observe.OpRank)
+	defer func() { end(err) }()
 	if err := lb.check("rank", board, player, true); err != nil {
 		return Entry{}, err
 	}
@@ -342,8 +351,8 @@ func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (Entry, e
 
 // Cached returns the first n entries of board's list as the cache holds it,
 // without reading the database; ok is false when there is no usable list.
-// It is meant for tests and monitoring, e.g. to check that the cached list
-// equals the database after quiescence. It ignores LocalTTL.
+// It is the supported way to inspect a cached list (tests, monitoring), e.g.
+// to check that it equals the database after quiescence. It ignores LocalTTL.
 func (lb *Leaderboard) Cached(board string, n int) (entries []Entry, ok bool, err error) {
 	s := lb.slot(board)
 	it, err := lb.core.Cache.Get(lb.Key(board))

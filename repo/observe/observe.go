@@ -153,3 +153,47 @@ type Stats struct {
 	Rebuilds uint64 // cached aggregates recomputed from the database after a miss
 	Drops    uint64 // cached aggregates deleted because they could no longer be proven right
 }
+
+// Join returns Hooks that call each of hs in turn (OpStart passes the
+// context each returns to the next). Nil fields are skipped; fields that no
+// hook sets stay nil, so they still cost nothing.
+func Join(hs ...Hooks) Hooks {
+	var j Hooks
+	var events []func(context.Context, Event)
+	var starts []func(context.Context, Op, string) context.Context
+	var ends []func(context.Context, Op, string, time.Duration, error)
+	for _, h := range hs {
+		if h.Event != nil {
+			events = append(events, h.Event)
+		}
+		if h.OpStart != nil {
+			starts = append(starts, h.OpStart)
+		}
+		if h.OpEnd != nil {
+			ends = append(ends, h.OpEnd)
+		}
+	}
+	if len(events) > 0 {
+		j.Event = func(ctx context.Context, e Event) {
+			for _, f := range events {
+				f(ctx, e)
+			}
+		}
+	}
+	if len(starts) > 0 {
+		j.OpStart = func(ctx context.Context, op Op, table string) context.Context {
+			for _, f := range starts {
+				ctx = f(ctx, op, table)
+			}
+			return ctx
+		}
+	}
+	if len(ends) > 0 {
+		j.OpEnd = func(ctx context.Context, op Op, table string, d time.Duration, err error) {
+			for _, f := range ends {
+				f(ctx, op, table, d, err)
+			}
+		}
+	}
+	return j
+}

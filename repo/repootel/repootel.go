@@ -47,9 +47,11 @@ import (
 // ScopeName is the instrumentation scope of the tracer and meter.
 const ScopeName = "github.com/cachedrepo/cachedrepo/repo/repootel"
 
-// Buckets are the histograms' explicit bucket boundaries, in seconds, as
-// Hooks reads them when it is called.
-var Buckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+// DefaultBuckets returns the histograms' explicit bucket boundaries, in
+// seconds (a new slice on each call).
+func DefaultBuckets() []float64 {
+	return []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+}
 
 // Option configures Hooks.
 type Option func(*config)
@@ -102,7 +104,7 @@ func Hooks(opts ...Option) (observe.Hooks, error) {
 	m := c.mp.Meter(ScopeName)
 	hist := func(name, desc string) (metric.Float64Histogram, error) {
 		return m.Float64Histogram(name, metric.WithUnit("s"), metric.WithDescription(desc),
-			metric.WithExplicitBucketBoundaries(Buckets...))
+			metric.WithExplicitBucketBoundaries(DefaultBuckets()...))
 	}
 	events, err1 := m.Int64Counter("cachedrepo.events", metric.WithUnit("{event}"),
 		metric.WithDescription("Cache events (hits, misses, fills, lease waits, errors, breaker changes)."))

@@ -230,7 +230,7 @@ func TestMetrics(t *testing.T) {
 			if !ok || dp.Count != w.count || fmt.Sprintf("%.6f", dp.Sum) != fmt.Sprintf("%.6f", w.sum) {
 				t.Errorf("%s %v: count %d sum %v, want %+v", name, dp.Attributes.ToSlice(), dp.Count, dp.Sum, w)
 			}
-			if len(dp.Bounds) != len(repootel.Buckets) {
+			if len(dp.Bounds) != len(repootel.DefaultBuckets()) {
 				t.Errorf("%s: %d bounds", name, len(dp.Bounds))
 			}
 		}

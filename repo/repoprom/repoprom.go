@@ -1,8 +1,8 @@
 // Package repoprom exports cachedrepo's events and operation durations as
 // Prometheus metrics.
 //
-// It is a module of its own, so that programs which do not import it do not
-// get the Prometheus client in their module graph. Make a Collector,
+// It is a package of its own, so that programs which do not import it do not
+// link the Prometheus client. Make a Collector,
 // register it, and pass its Hooks to a Store, Query, Counter, Leaderboard
 // or Repairer:
 //
@@ -34,9 +34,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Buckets are the histograms' bucket boundaries, in seconds, as New reads
-// them when it is called.
-var Buckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+// DefaultBuckets returns the histograms' bucket boundaries, in seconds
+// (a new slice on each call).
+func DefaultBuckets() []float64 {
+	return []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+}
 
 // Outcomes of an operation, the values of the outcome label.
 const (
@@ -88,11 +90,11 @@ func New(namespace string) *Collector {
 		}, []string{"kind", "table", "op", "step"}),
 		opDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "operation_duration_seconds",
-			Help: "Duration of cachedrepo operations.", Buckets: Buckets,
+			Help: "Duration of cachedrepo operations.", Buckets: DefaultBuckets(),
 		}, []string{"table", "op", "outcome"}),
 		leaseWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "lease_wait_seconds",
-			Help: "Time readers waited for another filler's lease.", Buckets: Buckets,
+			Help: "Time readers waited for another filler's lease.", Buckets: DefaultBuckets(),
 		}, []string{"table"}),
 		counters: map[eventKey]prometheus.Counter{},
 		ops:      map[opKey]prometheus.Observer{},

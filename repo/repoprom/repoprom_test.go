@@ -85,7 +85,7 @@ func histograms(t *testing.T, reg *prometheus.Registry, name string) map[string]
 				labels = append(labels, l.GetName()+"="+l.GetValue())
 			}
 			h := m.GetHistogram()
-			if len(h.GetBucket()) != len(repoprom.Buckets) {
+			if len(h.GetBucket()) != len(repoprom.DefaultBuckets()) {
 				t.Errorf("%s: %d buckets", name, len(h.GetBucket()))
 			}
 			out[strings.Join(labels, ",")] = hist{h.GetSampleCount(), math.Round(h.GetSampleSum()*1e6) / 1e6}

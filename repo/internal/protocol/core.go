@@ -120,7 +120,7 @@ type opKey struct{}
 func (c *Core) Begin(ctx context.Context, op observe.Op) (context.Context, func(error)) {
 	h := &c.Opt.Hooks
 	if h.OpStart == nil && h.OpEnd == nil && h.Event == nil {
-		return ctx, func(error) {}
+		return ctx, noEnd
 	}
 	if h.Event != nil {
 		ctx = context.WithValue(ctx, opKey{}, op)
@@ -134,6 +134,8 @@ func (c *Core) Begin(ctx context.Context, op observe.Op) (context.Context, func(
 	start := time.Now()
 	return ctx, func(err error) { h.OpEnd(ctx, op, c.Opt.Name, time.Since(start), err) }
 }
+
+func noEnd(error) {}
 
 // Emit sends e to Hooks.Event, if set, filling in the table and operation.
 func (c *Core) Emit(ctx context.Context, e observe.Event) {
@@ -150,7 +152,7 @@ func (c *Core) Emit(ctx context.Context, e observe.Event) {
 func (c *Core) Hit(ctx context.Context, key string) {
 	c.Stats.Hits.Add(1)
 	if c.Opt.Hooks.Event != nil {
-		c.Emit(ctx, observe.Event{Kind: observe.Hit, Key: key})
+		c.emitKey(ctx, observe.Hit, key)
 	}
 }
 
@@ -158,7 +160,7 @@ func (c *Core) Hit(ctx context.Context, key string) {
 func (c *Core) Miss(ctx context.Context, key string) {
 	c.Stats.Misses.Add(1)
 	if c.Opt.Hooks.Event != nil {
-		c.Emit(ctx, observe.Event{Kind: observe.Miss, Key: key})
+		c.emitKey(ctx, observe.Miss, key)
 	}
 }
 
@@ -169,7 +171,7 @@ func (c *Core) DBRead() { c.Stats.DBReads.Add(1) }
 func (c *Core) CASConflict(ctx context.Context, key string) {
 	c.Stats.CASConflicts.Add(1)
 	if c.Opt.Hooks.Event != nil {
-		c.Emit(ctx, observe.Event{Kind: observe.CASConflict, Key: key})
+		c.emitKey(ctx, observe.CASConflict, key)
 	}
 }
 
@@ -179,6 +181,14 @@ func (c *Core) CacheErr(ctx context.Context, step observe.Step, key string, err 
 	if c.Opt.Hooks.Event != nil {
 		c.Emit(ctx, observe.Event{Kind: observe.CacheError, Step: step, Key: key, Err: err})
 	}
+}
+
+// emitKey is Emit of an event of kind about key, out of line so that the
+// callers above stay inlinable.
+//
+//go:noinline
+func (c *Core) emitKey(ctx context.Context, kind observe.Kind, key string) {
+	c.Emit(ctx, observe.Event{Kind: kind, Key: key})
 }
 
 func (c *Core) breakerEvent(open bool, err error) {
