@@ -167,7 +167,7 @@ func BenchmarkGetManyHit(b *testing.B) {
 //   - raw: the primary-key SELECT alone, the database's share.
 //   - plain: naive cache-aside by hand (gomemcache Get, a miss; the same
 //     SELECT; encode with the same codec; Set): two memcached round trips.
-//   - store: Store.Get of a missing key over a *CacheClient: mg (a miss
+//   - store: Store.Get of a missing key over a *memclient.Client: mg (a miss
 //     that takes the lease), the same SELECT, encode, then the fill's ms
 //     with the lease's CAS id: two round trips, plus the in-process
 //     singleflight.

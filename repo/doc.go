@@ -110,7 +110,7 @@
 // While some process cannot reach memcached and others can, the guarantees
 // weaken for keys that process writes or reads: its writes cannot update
 // the cache, so the others may read the previous value until the Repairer
-// replays the outbox (RepairerOptions.Delay plus one Interval); and its
+// replays the outbox (invalidation.RepairerConfig.Delay plus one Interval); and its
 // reads, served by the database, may see a write whose cache update another
 // process has not made yet while that process still reads the previous
 // value (for the few milliseconds of one cache update). Reads never see a

@@ -23,9 +23,15 @@ import (
 // of the key columns for composite keys) and one multi-get and CAS per key
 // to fill. Keys leased by others are read from the database without
 // waiting. If the cache fails, everything is read from the database.
-func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (_ map[K]T, err error) {
+func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	ctx, end := s.c.Begin(ctx, observe.OpGetMany)
-	defer func() { end(err) }()
+	out, err := s.getMany(ctx, keys)
+	end(err)
+	return out, err
+}
+
+// getMany is GetMany without the hooks.
+func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 	out := make(map[K]T, len(keys))
 	if len(keys) == 0 {
 		return out, nil

@@ -163,9 +163,15 @@ func (s *Store[T, K]) versionOf(v *T) int64 {
 // fill, then read the database themselves. The fill only replaces its own
 // lease, so a read that raced a write can never overwrite the newer value.
 // If the cache fails, the row is read from the database.
-func (s *Store[T, K]) Get(ctx context.Context, k K) (v T, err error) {
+func (s *Store[T, K]) Get(ctx context.Context, k K) (T, error) {
 	ctx, end := s.c.Begin(ctx, observe.OpGet)
-	defer func() { end(err) }()
+	v, err := s.get(ctx, k)
+	end(err)
+	return v, err
+}
+
+// get is Get without the hooks.
+func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 	if err := ctx.Err(); err != nil {
 		return v, s.opErr(observe.OpGet, k, err)
 	}
@@ -227,7 +233,7 @@ func (s *Store[T, K]) load(ctx context.Context, k K, key string) (T, error) {
 }
 
 // fill is the cross-process half of a miss: take the lease, or wait for
-// whoever holds it, or give up waiting and read the database (core.leased).
+// whoever holds it, or give up waiting and read the database (protocol.Core.Leased).
 func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], error) {
 	r, err := s.c.Leased(ctx, key,
 		func(it *memcache.Item, at time.Time) (any, bool) {

@@ -316,7 +316,7 @@ func TestWarmNeverReplacesWhatIsCached(t *testing.T) {
 		if warmErr != nil || warmed != 0 {
 			t.Fatalf("Warm over a lease: stored %d, %v", warmed, warmErr)
 		}
-		// The store reads over a CacheClient: its lease is mg's empty
+		// The store reads over a memclient.Client: its lease is mg's empty
 		// placeholder with flags 0.
 		if heldFlags != 0 || heldLen != 0 {
 			t.Fatalf("after Warm the key held flags %#x and %d bytes, want the lease (an empty placeholder)", heldFlags, heldLen)

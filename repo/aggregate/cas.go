@@ -17,8 +17,7 @@ import (
 )
 
 // This file holds the compare-and-swap helpers for values that live in the
-// cache only (CASValue, CacheCounter) and the lease-guarded load shared by
-// the aggregates (Counter.Get, Leaderboard.Top).
+// cache only (CASValue, CacheCounter).
 
 // CASValue replaces the value of the cache-only key with
 // modify(current, found), atomically with respect to every other writer of
@@ -26,7 +25,7 @@ import (
 // the result with CompareAndSwap, or with Add when the key is missing
 // (modify then receives nil, false). When another writer got in between, it
 // backs off (jittered) and starts over, at most cfg.CASRetries times
-// (default 16); after that it returns an *OpError wrapping
+// (default 16); after that it returns a *repo.OpError wrapping
 // repo.ErrRetriesExhausted and the key keeps whatever the other writers stored.
 // If modify returns an error, CASValue returns it (wrapped) and writes
 // nothing. On success it returns the value it stored.
@@ -96,7 +95,7 @@ func (c *CacheCounter) opErr(op observe.Op, name string, err error) error {
 // is created with Add, and if another writer created it first, incr is
 // tried again. A negative delta, or a counter below zero, goes through the
 // gets/cas loop of CASValue. Either way the attempts are bounded by
-// Options.CASRetries: when they run out Increment returns an error wrapping
+// CacheConfig.CASRetries: when they run out Increment returns an error wrapping
 // repo.ErrRetriesExhausted, and the increment was not applied.
 // It is safe for concurrent use.
 func (c *CacheCounter) Increment(ctx context.Context, name string, delta int64) (_ int64, err error) {
@@ -107,35 +106,38 @@ func (c *CacheCounter) Increment(ctx context.Context, name string, delta int64) 
 	}
 	key := c.Key(name)
 	if delta >= 0 {
-		try := 0
-		for ; try < c.core.Opt.CASRetries; try++ {
-			if err := ctx.Err(); err != nil {
-				return 0, c.opErr(observe.OpCacheIncrement, name, err)
-			}
-			n, err := c.core.Cache.Increment(key, uint64(delta))
-			if err == nil {
-				if n > math.MaxInt64 {
-					return 0, c.opErr(observe.OpCacheIncrement, name, fmt.Errorf("counter overflow: %d", n))
-				}
-				return int64(n), nil
-			}
-			if !protocol.IsMiss(err) {
-				if isClientError(err) {
-					break // not a non-negative decimal (e.g. negative): use CAS
-				}
-				return 0, c.opErr(observe.OpCacheIncrement, name, err)
+		var n int64
+		useCAS := false // the value is not a non-negative decimal (e.g. negative)
+		err := c.core.Retry(ctx, false, func() (bool, error) {
+			v, err := c.core.Cache.Increment(key, uint64(delta))
+			switch {
+			case err == nil && v > math.MaxInt64:
+				return true, fmt.Errorf("counter overflow: %d", v)
+			case err == nil:
+				n = int64(v)
+				return true, nil
+			case isClientError(err):
+				useCAS = true
+				return true, nil
+			case !protocol.IsMiss(err):
+				return true, err
 			}
 			err = c.core.Cache.Add(&memcache.Item{Key: key, Value: strconv.AppendInt(nil, delta, 10), Expiration: c.core.Expiry(c.core.Opt.TTL, true)})
 			if err == nil {
-				return delta, nil
+				n = delta
+				return true, nil
 			}
 			if !protocol.IsLost(err) {
-				return 0, c.opErr(observe.OpCacheIncrement, name, err)
+				return true, err
 			}
 			c.core.CASConflict(ctx, key) // created meanwhile: incr again
+			return false, nil
+		})
+		if err != nil {
+			return 0, c.opErr(observe.OpCacheIncrement, name, err)
 		}
-		if try == c.core.Opt.CASRetries {
-			return 0, c.opErr(observe.OpCacheIncrement, name, repo.ErrRetriesExhausted)
+		if !useCAS {
+			return n, nil
 		}
 	}
 	var n int64

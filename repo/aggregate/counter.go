@@ -44,7 +44,7 @@ import (
 // and the next Get reads the database. While Adds run, Get may return a
 // value up to the in-flight increments behind. If the process dies between
 // the commit and the cache step, or memcached is unreachable and stays
-// stale, the cache can lag until the key expires (Options.TTL); memcached
+// stale, the cache can lag until the key expires (CacheConfig.TTL); memcached
 // restarts lose nothing, since the next Get reloads from the database.
 //
 // A Counter is safe for concurrent use.

@@ -96,7 +96,7 @@ type Entry struct {
 // ORDER BY score DESC, player at some moment. Submit and Remove change the
 // row (INSERT ... ON CONFLICT DO UPDATE or DELETE, RETURNING the row
 // version), then update the list by gets -> modify -> CompareAndSwap,
-// retried with jittered backoff up to Options.CASRetries times:
+// retried with jittered backoff up to CacheConfig.CASRetries times:
 //
 //   - an entry is only replaced by a newer row version, so an update that
 //     reaches the cache late never overwrites a newer score;
@@ -126,7 +126,7 @@ type Entry struct {
 // update inserted, then found stale) an earlier score of a player. As for
 // Store, a process that dies between its commit and its cache step, or a
 // cache that stays unreachable, can leave the list stale until it expires
-// (Options.TTL).
+// (CacheConfig.TTL).
 //
 // A Leaderboard is safe for concurrent use.
 type Leaderboard struct {
@@ -573,49 +573,46 @@ func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
 	s := lb.slot(board)
 	key := lb.Key(board)
 	defer lb.forget(board)
-	for try := 0; try < lb.core.Opt.CASRetries; try++ {
-		if try > 0 {
-			_ = protocol.Sleep(ctx, protocol.CASBackoff(try-1))
-		}
+	err := lb.core.Retry(ctx, true, func() (bool, error) {
 		it, err := lb.core.Cache.Get(key)
 		if protocol.IsMiss(err) {
-			return // nothing cached: the next read rebuilds
+			return true, nil // nothing cached: the next read rebuilds
 		}
 		if err != nil {
 			lb.core.CacheErr(ctx, observe.StepWrite, key, err)
 			lb.core.Invalidate(ctx, key)
-			return
+			return true, nil
 		}
 		if k, _, _, ok := protocol.OpenEnvelope(it.Flags, it.Value); ok && k == protocol.KindLease {
 			// A rebuild is running and may have read the table before our
 			// commit: delete its placeholder so its install fails.
 			lb.core.Invalidate(ctx, key)
-			return
+			return true, nil
 		}
 		cur, ok := lb.open(s, board, it)
 		if !ok {
 			lb.core.CacheErr(ctx, observe.StepDecode, key, repo.ErrCorrupt)
 			lb.core.Invalidate(ctx, key)
-			return
+			return true, nil
 		}
 		if cur.unchanged(u) {
-			return
+			return true, nil
 		}
 		l := &lbList{complete: cur.complete, entries: make([]lbEntry, len(cur.entries), len(cur.entries)+1)}
 		copy(l.entries, cur.entries)
 		res := l.apply(u, lb.size, lb.capacity)
 		switch res {
 		case applyNone:
-			return
+			return true, nil
 		case applyDrop:
 			lb.drop(ctx, key)
-			return
+			return true, nil
 		}
 		value := l.envelope()
 		if len(value) > lb.core.Opt.MaxItemSize {
 			lb.core.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", repo.ErrTooLarge, len(value), lb.core.Opt.MaxItemSize))
 			lb.drop(ctx, key)
-			return
+			return true, nil
 		}
 		it.Value, it.Expiration = value, lb.core.Expiry(lb.core.Opt.TTL, true)
 		err = lb.core.Cache.CompareAndSwap(it)
@@ -627,17 +624,19 @@ func (lb *Leaderboard) apply(ctx context.Context, board string, u lbUpdate) {
 			if res == applyInserted {
 				lb.verify(ctx, board, key, u)
 			}
-			return
+			return true, nil
 		case protocol.IsLost(err):
 			lb.core.CASConflict(ctx, key)
-		default:
-			lb.core.CacheErr(ctx, observe.StepWrite, key, err)
-			lb.core.Invalidate(ctx, key)
-			return
+			return false, nil
 		}
+		lb.core.CacheErr(ctx, observe.StepWrite, key, err)
+		lb.core.Invalidate(ctx, key)
+		return true, nil
+	})
+	if err != nil {
+		lb.core.CacheErr(ctx, observe.StepWrite, key, err)
+		lb.drop(ctx, key)
 	}
-	lb.core.CacheErr(ctx, observe.StepWrite, key, repo.ErrRetriesExhausted)
-	lb.drop(ctx, key)
 }
 
 // verify runs after an update inserted a player who was not in the list. The

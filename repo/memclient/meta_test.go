@@ -38,7 +38,7 @@ func mustLease(t *testing.T, mc *Client, key string) *Lease {
 	return l
 }
 
-func TestCacheClientLease(t *testing.T) {
+func TestClientLease(t *testing.T) {
 	mp := repotest.StartMemcached(t)
 	mc := metaClient(t, mp.Addr())
 
@@ -109,7 +109,7 @@ func TestCacheClientLease(t *testing.T) {
 
 // CAS ids restart with memcached. A fill must not reach a restarted server,
 // where its CAS id can name another client's newer item.
-func TestCacheClientFillAfterRestart(t *testing.T) {
+func TestClientFillAfterRestart(t *testing.T) {
 	mp := repotest.StartMemcached(t)
 	mc := metaClient(t, mp.Addr())
 	other := metaClient(t, mp.Addr())
@@ -175,7 +175,7 @@ func fakeServer(t *testing.T, reply string) string {
 	return ln.Addr().String()
 }
 
-func TestCacheClientBadReplies(t *testing.T) {
+func TestClientBadReplies(t *testing.T) {
 	for _, tc := range []struct {
 		reply string
 		want  func(error) bool
@@ -202,7 +202,7 @@ func TestCacheClientBadReplies(t *testing.T) {
 
 // getMulti answers as gomemcache's GetMulti does: the same items, values
 // and flags, misses left out, duplicates and several servers included.
-func TestCacheClientGetMulti(t *testing.T) {
+func TestClientGetMulti(t *testing.T) {
 	a, b := repotest.StartMemcached(t), repotest.StartMemcached(t)
 	mc := metaClient(t, a.Addr())
 	both, err := New(Config{Servers: []string{a.Addr(), b.Addr()}, MaxIdleConns: 4, Timeout: time.Second})
@@ -257,7 +257,7 @@ func TestCacheClientGetMulti(t *testing.T) {
 	}
 }
 
-func TestCacheClientGetMultiBadReplies(t *testing.T) {
+func TestClientGetMultiBadReplies(t *testing.T) {
 	for _, tc := range []struct {
 		reply string
 		want  func(error) bool
@@ -276,3 +276,50 @@ func TestCacheClientGetMultiBadReplies(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { os.Exit(repotest.Run(m)) }
+
+// onlySecond is a ServerSelector that puts every key on its second server.
+type onlySecond struct{ memcache.ServerList }
+
+func (s *onlySecond) PickServer(string) (net.Addr, error) {
+	var addrs []net.Addr
+	_ = s.Each(func(a net.Addr) error { addrs = append(addrs, a); return nil })
+	return addrs[1], nil
+}
+
+// Config.Selector places every request, classic and meta, where it says.
+func TestClientSelector(t *testing.T) {
+	a, b := repotest.StartMemcached(t), repotest.StartMemcached(t)
+	sel := &onlySecond{}
+	if err := sel.SetServers(a.Addr(), b.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Selector: sel, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB, err := New(Config{Servers: []string{b.Addr()}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	onA, err := New(Config{Servers: []string{a.Addr()}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := mustLease(t, c, "sel-k") // taken on b
+	if _, err := onB.Get("sel-k"); err != nil {
+		t.Fatalf("the lease is not on the selected server: %v", err)
+	}
+	if err := l.Fill([]byte("v"), 0, 60); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(&memcache.Item{Key: "sel-j", Value: []byte("w")}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.GetMulti([]string{"sel-k", "sel-j"})
+	if err != nil || len(got) != 2 || string(got["sel-k"].Value) != "v" {
+		t.Fatalf("GetMulti over the selector: %v %v", got, err)
+	}
+	if _, err := onA.Get("sel-j"); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("a key reached the other server: %v", err)
+	}
+}

@@ -51,8 +51,9 @@ type Core struct {
 	raw   Cache // Cache without the breaker
 	Stats Counters
 
-	br   *breaker
-	meta leaseReader // nil if the cache cannot take leases in reads
+	br       *breaker
+	meta     leaseReader // nil if the cache cannot take leases in reads
+	observed bool        // some hook is set
 
 	// lost, if set, records a key whose deletion failed in the outbox, so
 	// the Repairer deletes it later (Counter and Leaderboard, whose writes
@@ -78,6 +79,8 @@ type Counters struct {
 // breaker closes again.
 func New(cache Cache, cfg Config, rec Recovery) *Core {
 	c := &Core{Opt: cfg.WithDefaults()}
+	h := &c.Opt.Hooks
+	c.observed = h.Event != nil || h.OpStart != nil || h.OpEnd != nil
 	c.br = newBreaker(c.Opt.BreakerFailures, c.Opt.BreakerCooldown, func() error {
 		_, err := retryRead(func() (*memcache.Item, error) { return cache.Get(c.Opt.Namespace + ":probe") }, nil)
 		return err
@@ -118,10 +121,14 @@ type opKey struct{}
 // to use and a function to call with the operation's error when it ends
 // (which calls Hooks.OpEnd). Without hooks it costs nothing.
 func (c *Core) Begin(ctx context.Context, op observe.Op) (context.Context, func(error)) {
-	h := &c.Opt.Hooks
-	if h.OpStart == nil && h.OpEnd == nil && h.Event == nil {
+	if !c.observed {
 		return ctx, noEnd
 	}
+	return c.begin(ctx, op)
+}
+
+func (c *Core) begin(ctx context.Context, op observe.Op) (context.Context, func(error)) {
+	h := &c.Opt.Hooks
 	if h.Event != nil {
 		ctx = context.WithValue(ctx, opKey{}, op)
 	}

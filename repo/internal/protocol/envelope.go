@@ -11,7 +11,7 @@ import (
 //	value     a row: row version and the codec's bytes
 //	absent    a tombstone or negative entry: no row (with the deleting version)
 //	lease     a placeholder owned by one filler: a random token, or an
-//	          empty item with flags 0 (a lease taken by mg; see CacheClient)
+//	          empty item with flags 0 (a lease taken by mg; see memclient.Lease)
 //
 // Flags hold the kind in the low byte and the envelope format in the next.
 // The value is [crc32c of the rest, 4 bytes][uvarint row version][payload].
@@ -19,6 +19,7 @@ import (
 // is treated as a miss.
 type Kind uint8
 
+// The kinds of envelope.
 const (
 	KindValue  Kind = 1
 	KindAbsent Kind = 2
@@ -30,6 +31,7 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// FlagsOf returns the item flags of an envelope of kind k.
 func FlagsOf(k Kind) uint32 { return uint32(k) | envelopeFormat<<8 }
 
 // BeginEnvelope returns a buffer holding the envelope header for version,
@@ -39,6 +41,8 @@ func BeginEnvelope(dst []byte, version int64) []byte {
 	return binary.AppendUvarint(dst, uint64(version))
 }
 
+// FinishEnvelope seals an envelope begun by BeginEnvelope: it writes the
+// checksum of everything after it.
 func FinishEnvelope(b []byte) []byte {
 	binary.LittleEndian.PutUint32(b, crc32.Checksum(b[4:], castagnoli))
 	return b
@@ -47,7 +51,7 @@ func FinishEnvelope(b []byte) []byte {
 // OpenEnvelope checks flags and checksum and returns the kind, the row
 // version and the payload. ok is false for anything it does not recognise.
 func OpenEnvelope(flags uint32, b []byte) (k Kind, version int64, payload []byte, ok bool) {
-	if flags == 0 && len(b) == 0 { // the placeholder of a meta lease (see CacheClient)
+	if flags == 0 && len(b) == 0 { // the placeholder of a meta lease (see memclient.Lease)
 		return KindLease, 0, nil, true
 	}
 	if flags>>8 != envelopeFormat || len(b) < 5 {

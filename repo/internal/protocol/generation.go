@@ -33,6 +33,8 @@ type genState struct {
 	checked time.Time
 }
 
+// NewGeneration returns the generation of the table whose generation-0 keys
+// base builds, re-read from the cache every refresh.
 func NewGeneration(base cachekeys.Builder, refresh time.Duration) *Generation {
 	g := &Generation{base: base, key: base.Key("generation"), refresh: refresh}
 	g.cur.Store(&genState{keys: base}) // checked is zero: the first use reads it
