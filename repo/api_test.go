@@ -36,7 +36,7 @@ func TestInTxRollsBackOnPanic(t *testing.T) {
 				t.Fatalf("recovered %v, want the panic re-raised", r)
 			}
 		}()
-		_ = repo.InTx(ctx, e.pool, func(tx *repo.Tx) error {
+		_ = repo.InTx(ctx, e.Pool, func(tx *repo.Tx) error {
 			if _, err := s.In(tx).Update(ctx, 1, func(p *Product) error { p.Name = "inside"; return nil }); err != nil {
 				t.Fatal(err)
 			}
@@ -72,7 +72,7 @@ func (d dbtx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 // transaction, says so clearly, and works inside InTx.
 func TestStoreOverDBTX(t *testing.T) {
 	e := newEnv(t)
-	s, err := repo.New(dbtx{e.pool}, e.mc, productTable, e.opts(nil))
+	s, err := repo.New(dbtx{e.Pool}, e.MC, productTable, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestStoreOverDBTX(t *testing.T) {
 	if _, err := s.Update(ctx, 1, func(p *Product) error { p.Name = "two"; return nil }); !errors.Is(err, repo.ErrNeedsTx) {
 		t.Fatalf("Update over a DBTX: %v, want ErrNeedsTx", err)
 	}
-	err = repo.InTx(ctx, e.pool, func(tx *repo.Tx) error {
+	err = repo.InTx(ctx, e.Pool, func(tx *repo.Tx) error {
 		_, err := s.In(tx).Update(ctx, 1, func(p *Product) error { p.Name = "two"; return nil })
 		return err
 	})
@@ -119,27 +119,27 @@ func TestNewValidatesTable(t *testing.T) {
 		{"injection in the name", func() error {
 			tb := productTable
 			tb.Name = "items; DROP TABLE x"
-			_, err := repo.New(e.pool, e.mc, tb, nil)
+			_, err := repo.New(e.Pool, e.MC, tb, nil)
 			return err
 		}, `"items; DROP TABLE x" is not a name or schema.name`},
 		{"three-part name", func() error {
 			tb := productTable
 			tb.Name = "a.b.c"
-			_, err := repo.New(e.pool, e.mc, tb, nil)
+			_, err := repo.New(e.Pool, e.MC, tb, nil)
 			return err
 		}, "not a name or schema.name"},
 		{"bad column", func() error {
 			tb := productTable
 			tb.Columns = append([]string{"id", "name) --"}, tb.Columns[2:]...)
-			_, err := repo.New(e.pool, e.mc, tb, nil)
+			_, err := repo.New(e.Pool, e.MC, tb, nil)
 			return err
 		}, `column name "name) --"`},
 		{"unexported key field", func() error {
-			_, err := repo.New(e.pool, e.mc, repo.Table[Stock, hiddenKey]{Name: "stock", Key: stockTable.Key, Columns: stockTable.Columns}, nil)
+			_, err := repo.New(e.Pool, e.MC, repo.Table[Stock, hiddenKey]{Name: "stock", Key: stockTable.Key, Columns: stockTable.Columns}, nil)
 			return err
 		}, "field uom is unexported"},
 		{"nil cache", func() error {
-			_, err := repo.New(e.pool, nil, productTable, nil)
+			_, err := repo.New(e.Pool, nil, productTable, nil)
 			return err
 		}, "needs a DB and a Cache"},
 	}
@@ -150,7 +150,7 @@ func TestNewValidatesTable(t *testing.T) {
 	}
 	tb := productTable
 	tb.Name = "public.products"
-	if _, err := repo.New(e.pool, e.mc, tb, nil); err != nil {
+	if _, err := repo.New(e.Pool, e.MC, tb, nil); err != nil {
 		t.Errorf("schema-qualified name: %v", err)
 	}
 }
@@ -180,16 +180,16 @@ func metaTTL(t *testing.T, addr, key string) int64 {
 func TestLongTTLs(t *testing.T) {
 	e := newEnv(t)
 	for _, ttl := range []time.Duration{2 * time.Hour, 60 * 24 * time.Hour} {
-		o := e.opts(nil)
+		o := e.Opts(nil)
 		o.TTL, o.Jitter = ttl, 0.1
 		o.Namespace += strconv.Itoa(int(ttl.Hours()))
 		s := e.products(t, o)
-		e.exec(t, `DELETE FROM products`)
+		e.Exec(t, `DELETE FROM products`)
 		e.insertProduct(t, 1, "p", 1)
 		if _, err := s.Get(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
-		got := time.Duration(metaTTL(t, e.mcAdr, s.Key(1))) * time.Second
+		got := time.Duration(metaTTL(t, e.MCAddr, s.Key(1))) * time.Second
 		if lo := ttl - ttl/10 - time.Minute; got < lo || got > ttl {
 			t.Errorf("TTL %v: the item expires in %v, want within [%v, %v] (jitter 0.1)", ttl, got, lo, ttl)
 		}
@@ -203,7 +203,7 @@ func TestHooks(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	type ctxKey struct{}
-	o := e.opts(nil)
+	o := e.Opts(nil)
 	o.Hooks = observe.Hooks{
 		OpStart: func(ctx context.Context, op observe.Op, table string) context.Context {
 			mu.Lock()
@@ -260,7 +260,7 @@ func TestMemclientZeroValue(t *testing.T) {
 func TestQueryArgumentTypes(t *testing.T) {
 	e := newEnv(t)
 	load := func(context.Context, float64) (int, error) { return 0, nil }
-	if _, err := repo.NewQuery(e.mc, repo.QueryConfig[float64, int]{Name: "q", TTL: time.Second, Load: load}); err == nil || !strings.Contains(err.Error(), "float64") {
+	if _, err := repo.NewQuery(e.MC, repo.QueryConfig[float64, int]{Name: "q", TTL: time.Second, Load: load}); err == nil || !strings.Contains(err.Error(), "float64") {
 		t.Fatalf("float64 arguments: %v, want an error naming the type", err)
 	}
 	type args struct {
@@ -269,7 +269,7 @@ func TestQueryArgumentTypes(t *testing.T) {
 		Since time.Time
 	}
 	var seen []args
-	q, err := repo.NewQuery(e.mc, repo.QueryConfig[args, string]{Name: "q2", TTL: time.Minute, Namespace: e.ns,
+	q, err := repo.NewQuery(e.MC, repo.QueryConfig[args, string]{Name: "q2", TTL: time.Minute, Namespace: e.NS,
 		Load: func(_ context.Context, a args) (string, error) {
 			seen = append(seen, a)
 			return a.Shop + strconv.Itoa(a.Page), nil
@@ -314,18 +314,18 @@ type typedRow struct {
 
 func TestEveryPgxTypeRoundTrips(t *testing.T) {
 	e := newEnv(t)
-	e.exec(t, `CREATE TABLE typed (
+	e.Exec(t, `CREATE TABLE typed (
 		id bigint PRIMARY KEY, price numeric, doc jsonb, list json, uid uuid, span interval, rng int8range,
 		net inet, at timestamptz, day date, local timestamp, tags text[], grid int4[], note text, opt bigint,
 		raw bytea, ts timestamptz, version bigint NOT NULL GENERATED BY DEFAULT AS IDENTITY)`)
-	e.exec(t, `INSERT INTO typed (id, price, doc, list, uid, span, rng, net, at, day, local, tags, grid, note, opt, raw, ts) VALUES
+	e.Exec(t, `INSERT INTO typed (id, price, doc, list, uid, span, rng, net, at, day, local, tags, grid, note, opt, raw, ts) VALUES
 		(1, -12345.678900, '{"a": [1, "x", null, {"b": true}], "n": 1.5}', '[1, "two", false]', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
 		 '1 year 2 days 03:04:05.000006', '[3,7)', '10.1.0.0/16', '2026-12-01 10:11:12.123456+01', '2026-12-01', '2026-12-01 10:11:12',
 		 '{"x","y z"}', '{{1,2},{3,4}}', 'note', 42, '\x00ff', 'infinity'),
 		(2, 'NaN', NULL, NULL, NULL, NULL, 'empty', '::1/128', '1970-01-01 00:00:00+00', '0001-01-01', '2000-02-29 23:59:59.999999',
 		 '{}', NULL, NULL, NULL, NULL, NULL)`)
 	cols := []string{"id", "price", "doc", "list", "uid", "span", "rng", "net", "at", "day", "local", "tags", "grid", "note", "opt", "raw", "ts", "version"}
-	s, err := repo.New(e.pool, e.mc, repo.Table[typedRow, int64]{Name: "typed", Key: []string{"id"}, Columns: cols, Version: "version"}, e.opts(nil))
+	s, err := repo.New(e.Pool, e.MC, repo.Table[typedRow, int64]{Name: "typed", Key: []string{"id"}, Columns: cols, Version: "version"}, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func TestNewNamesUnsupportedField(t *testing.T) {
 		ID   int64    `db:"id"`
 		Name chan int `db:"name"`
 	}
-	_, err := repo.New(e.pool, e.mc, repo.Table[bad, int64]{Name: "products", Key: []string{"id"}, Columns: []string{"id", "name"}}, nil)
+	_, err := repo.New(e.Pool, e.MC, repo.Table[bad, int64]{Name: "products", Key: []string{"id"}, Columns: []string{"id", "name"}}, nil)
 	if err == nil || !strings.Contains(err.Error(), "Name") || !strings.Contains(err.Error(), "chan int") || !strings.Contains(err.Error(), "Table.Codec") {
 		t.Fatalf("New with a chan field: %v, want an error naming the field, its type and Table.Codec", err)
 	}

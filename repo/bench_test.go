@@ -24,9 +24,9 @@ const benchGoroutinesPerCPU = 16
 func benchEnv(b *testing.B, n int) (*env, *repo.Store[Product, int64]) {
 	b.Helper()
 	e := newEnv(b)
-	e.exec(b, `INSERT INTO products (id, article_number, name, category_id, price_cents)
+	e.Exec(b, `INSERT INTO products (id, article_number, name, category_id, price_cents)
 		SELECT i, 'A' || i, 'product number ' || i, 1 + i % 2, i * 10 FROM generate_series(1, $1) i`, n)
-	e.exec(b, `ANALYZE products`)
+	e.Exec(b, `ANALYZE products`)
 	return e, e.products(b, nil)
 }
 
@@ -45,8 +45,8 @@ func BenchmarkGetHit(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		rawKeys[id] = fmt.Sprintf("%s:raw:%d", e.ns, id)
-		if err := e.mc.Set(&memcache.Item{Key: rawKeys[id], Value: cd.Append(nil, &p)}); err != nil {
+		rawKeys[id] = fmt.Sprintf("%s:raw:%d", e.NS, id)
+		if err := e.MC.Set(&memcache.Item{Key: rawKeys[id], Value: cd.Append(nil, &p)}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -57,7 +57,7 @@ func BenchmarkGetHit(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				id := n.Add(1)%rows + 1
-				it, err := e.mc.Get(rawKeys[id])
+				it, err := e.MC.Get(rawKeys[id])
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -101,7 +101,7 @@ func BenchmarkGetManyHit(b *testing.B) {
 	rawKeys := make([]string, rows)
 	for i := range ids {
 		ids[i] = int64(i + 1)
-		rawKeys[i] = fmt.Sprintf("%s:raw:%d", e.ns, i+1)
+		rawKeys[i] = fmt.Sprintf("%s:raw:%d", e.NS, i+1)
 	}
 	for i := 0; i < rows; i += batch {
 		m, err := s.GetMany(ctx, ids[i:i+batch])
@@ -110,14 +110,14 @@ func BenchmarkGetManyHit(b *testing.B) {
 		}
 		for j := i; j < i+batch; j++ {
 			p := m[ids[j]]
-			if err := e.mc.Set(&memcache.Item{Key: rawKeys[j], Value: cd.Append(nil, &p)}); err != nil {
+			if err := e.MC.Set(&memcache.Item{Key: rawKeys[j], Value: cd.Append(nil, &p)}); err != nil {
 				b.Fatal(err)
 			}
 		}
 	}
 	// The baseline is gomemcache's own GetMulti (memclient's GetMulti is the
 	// pipeline the store uses), with the same pool size and timeout.
-	raw := memcache.New(e.mcAdr)
+	raw := memcache.New(e.MCAddr)
 	raw.MaxIdleConns, raw.Timeout = 64, time.Second
 	b.Run("raw", func(b *testing.B) {
 		b.ReportAllocs()
@@ -190,7 +190,7 @@ func BenchmarkGetMiss(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				id := n.Add(1)%rows + 1
-				r, _ := e.pool.Query(ctx, sel, id)
+				r, _ := e.Pool.Query(ctx, sel, id)
 				p, err := pgx.CollectOneRow(r, pgx.RowToStructByName[Product])
 				if err != nil || p.ID != id {
 					b.Fatal(err)
@@ -201,7 +201,7 @@ func BenchmarkGetMiss(b *testing.B) {
 	b.Run("plain", func(b *testing.B) {
 		b.ReportAllocs()
 		round++
-		prefix := fmt.Sprintf("%s:plain-%d:products:", e.ns, round)
+		prefix := fmt.Sprintf("%s:plain-%d:products:", e.NS, round)
 		var n atomic.Int64
 		b.SetParallelism(benchGoroutinesPerCPU)
 		b.RunParallel(func(pb *testing.PB) {
@@ -209,16 +209,16 @@ func BenchmarkGetMiss(b *testing.B) {
 				c := n.Add(1) - 1
 				id := c%rows + 1
 				key := prefix + strconv.FormatInt(c, 10)
-				if _, err := e.mc.Get(key); !errors.Is(err, memcache.ErrCacheMiss) {
+				if _, err := e.MC.Get(key); !errors.Is(err, memcache.ErrCacheMiss) {
 					b.Fatalf("plain Get of a fresh key: %v, want a miss", err)
 				}
-				r, _ := e.pool.Query(ctx, sel, id)
+				r, _ := e.Pool.Query(ctx, sel, id)
 				p, err := pgx.CollectOneRow(r, pgx.RowToStructByName[Product])
 				if err != nil || p.ID != id {
 					b.Fatal(err)
 				}
 				it := &memcache.Item{Key: key, Value: cd.Append(make([]byte, 0, 128), &p), Expiration: 3600}
-				if err := e.mc.Set(it); err != nil {
+				if err := e.MC.Set(it); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -229,8 +229,8 @@ func BenchmarkGetMiss(b *testing.B) {
 		round++
 		stores := make([]*repo.Store[Product, int64], b.N/rows+1)
 		for i := range stores {
-			o := e.opts(nil)
-			o.Namespace = fmt.Sprintf("%s-%d-%d", e.ns, round, i)
+			o := e.Opts(nil)
+			o.Namespace = fmt.Sprintf("%s-%d-%d", e.NS, round, i)
 			stores[i] = e.products(b, o)
 		}
 		var n atomic.Int64

@@ -22,10 +22,10 @@ func TestBreakerSkipsADeadCacheAndRecoversWithoutStaleReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	var h hookLog
-	o := e.opts(&h)
-	o.Repairer = mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
+	o := e.Opts(&h)
+	o.Repairer = mustRepairer(e.Pool, mc, invalidation.RepairerConfig{})
 	o.BreakerCooldown = 200 * time.Millisecond
-	s, err := repo.New(e.pool, mc, productTable, o)
+	s, err := repo.New(e.Pool, mc, productTable, o)
 	if err != nil {
 		t.Fatal(err)
 	}

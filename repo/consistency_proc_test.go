@@ -175,9 +175,9 @@ func runConsistencyProcesses(t *testing.T, cfg ckConfig) ckResult {
 
 	grace := 2 * time.Minute // for a worker to exit after the load's end
 	env := []string{
-		ckEnvDB + "=" + rig.e.url,
+		ckEnvDB + "=" + rig.e.URL,
 		ckEnvCache + "=" + rig.px.Addr(),
-		ckEnvNS + "=" + rig.e.ns,
+		ckEnvNS + "=" + rig.e.NS,
 		ckEnvDuration + "=" + cfg.duration.String(),
 		ckEnvWorkers + "=" + strconv.Itoa(cfg.workers),
 		ckEnvKeys + "=" + strconv.Itoa(cfg.keys),

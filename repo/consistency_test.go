@@ -148,7 +148,7 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 	var stores []*repo.Store[Product, int64]
 	var repairers []*invalidation.Repairer
 	for i := 0; i < cfg.instances; i++ {
-		pool := newCkPool(t, e.url, cfg.workers)
+		pool := newCkPool(t, e.URL, cfg.workers)
 		mc, err := cacheClient(cfg.workers*2, time.Second, px.Addr())
 		if err != nil {
 			t.Fatal(err)
@@ -156,10 +156,10 @@ func runConsistency(t *testing.T, cfg ckConfig) ckResult {
 		if cfg.protocol == "naive" {
 			raw := memcache.New(px.Addr())
 			raw.MaxIdleConns, raw.Timeout = cfg.workers*2, time.Second
-			subjects = append(subjects, naiveSubject{pool: pool, mc: raw, ns: e.ns, delay: ckDelay})
+			subjects = append(subjects, naiveSubject{pool: pool, mc: raw, ns: e.NS, delay: ckDelay})
 			continue
 		}
-		s, r := newCkStore(t, pool, mc, e.ns)
+		s, r := newCkStore(t, pool, mc, e.NS)
 		stores = append(stores, s)
 		subjects = append(subjects, storeSubject{s})
 		repairers = append(repairers, r)
@@ -216,7 +216,7 @@ func newCkRig(t *testing.T, keys int) *ckRig {
 	mp := startPrivateMemcached(t, "-m", "8") // small: the filler of injectFaults causes evictions
 	px := newProxy(t, mp.Addr())
 	for k := int64(1); k <= int64(keys); k++ {
-		e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'init', 1, 0)`, k, fmt.Sprint("A", k))
+		e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'init', 1, 0)`, k, fmt.Sprint("A", k))
 	}
 	return &ckRig{e: e, mp: mp, px: px}
 }
@@ -294,7 +294,7 @@ func (rig *ckRig) injectFaults(t *testing.T, rctx context.Context, wg *sync.Wait
 				px.Heal()
 			case "kill":
 				rig.faultLog.add(now(), "kill backends")
-				_, _ = e.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'consistency'`)
+				_, _ = e.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'consistency'`)
 			}
 			rig.faultLog.add(now(), "fault done")
 			rig.faults.Add(1)
@@ -305,7 +305,7 @@ func (rig *ckRig) injectFaults(t *testing.T, rctx context.Context, wg *sync.Wait
 		filler, _ := cacheClient(2, 100*time.Millisecond, mp.Addr())
 		junk := make([]byte, 8<<10)
 		for i := 0; rctx.Err() == nil; i++ {
-			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:junk:%d", e.ns, i), Value: junk})
+			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:junk:%d", e.NS, i), Value: junk})
 		}
 	}()
 }
@@ -400,17 +400,17 @@ func (rig *ckRig) quiescence(t *testing.T, keys int) int {
 	e := rig.e
 	mismatches := 0
 	mc, _ := cacheClient(4, time.Second, rig.mp.Addr())
-	r := mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
+	r := mustRepairer(e.Pool, mc, invalidation.RepairerConfig{})
 	if _, err := r.RunOnce(ctx, 0); err != nil {
 		t.Fatalf("final outbox replay: %v", err)
 	}
-	checker, err := repo.New(e.pool, mc, productTable, e.opts(nil))
+	checker, err := repo.New(e.Pool, mc, productTable, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for k := int64(1); k <= int64(keys); k++ {
 		var want string
-		err := e.pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, k).Scan(&want)
+		err := e.Pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, k).Scan(&want)
 		if err != nil && !strings.Contains(err.Error(), "no rows") {
 			t.Fatal(err)
 		}

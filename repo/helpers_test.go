@@ -3,20 +3,14 @@ package repo_test
 import (
 	"context"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/cachedrepo/cachedrepo/migrations"
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/aggregate"
-	"github.com/cachedrepo/cachedrepo/repo/invalidation"
-	"github.com/cachedrepo/cachedrepo/repo/memclient"
-	"github.com/cachedrepo/cachedrepo/repo/observe"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
@@ -64,71 +58,19 @@ var stockTable = repo.Table[Stock, StockKey]{
 	Version: "version",
 }
 
-// env is one test's servers: a fresh migrated database, a pool, a memcached
-// client and a key namespace of its own.
-type env struct {
-	url   string
-	pool  *pgxpool.Pool
-	mc    *memclient.Client
-	ns    string
-	mcAdr string
-}
+// env is one test's servers (see testenv.Env).
+type env struct{ *testenv.Env }
 
-func newEnv(t testing.TB) *env {
-	t.Helper()
-	url := repotest.NewDatabase(t)
-	if err := migrations.Up(url); err != nil {
-		t.Fatalf("migrations.Up: %v", err)
-	}
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	addr := repotest.Memcached(t)
-	mc, err := cacheClient(64, time.Second, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{url: url, pool: pool, mc: mc, ns: repotest.Namespace(t), mcAdr: addr}
-	e.exec(t, `INSERT INTO categories (id, name) VALUES (1, 'tools'), (2, 'garden')`)
-	e.exec(t, `INSERT INTO stores (code, name, city) VALUES ('S001', 'North', 'Leeds'), ('S002', 'South', 'Bath')`)
-	return e
-}
+func newEnv(t testing.TB) *env { return &env{testenv.New(t)} }
 
-func (e *env) exec(t testing.TB, sql string, args ...any) pgconn.CommandTag {
-	t.Helper()
-	tag, err := e.pool.Exec(context.Background(), sql, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return tag
-}
+// hookLog collects CacheError events (see testenv.HookLog).
+type hookLog = testenv.HookLog
 
-// cacheClient returns a memcached client for servers with n idle
-// connections per server and the given round-trip timeout.
-func cacheClient(n int, timeout time.Duration, servers ...string) (*memclient.Client, error) {
-	return memclient.New(memclient.Config{Servers: servers, MaxIdleConns: n, Timeout: timeout})
-}
-
-// mustRepairer returns a Repairer of the outbox in db for cache.
-func mustRepairer(db invalidation.DB, cache repo.Cache, cfg invalidation.RepairerConfig) *invalidation.Repairer {
-	r, err := invalidation.NewRepairer(db, cache, cfg)
-	if err != nil {
-		panic(err)
-	}
-	return r
-}
-
-// aggCache returns the aggregate configuration of the same fields of o.
-func aggCache(o *repo.Options) aggregate.CacheConfig {
-	if o == nil {
-		return aggregate.CacheConfig{}
-	}
-	return aggregate.CacheConfig{Namespace: o.Namespace, TTL: o.TTL, Jitter: o.Jitter, LeaseTTL: o.LeaseTTL,
-		LeaseWait: o.LeaseWait, MaxItemSize: o.MaxItemSize, CASRetries: o.CASRetries,
-		BreakerFailures: o.BreakerFailures, BreakerCooldown: o.BreakerCooldown, Hooks: o.Hooks}
-}
+var (
+	cacheClient  = testenv.CacheClient
+	mustRepairer = testenv.MustRepairer
+	aggCache     = testenv.AggCache
+)
 
 // withCache returns cfg with the cache and outbox settings of o.
 func withCache(cfg aggregate.LeaderboardConfig, o *repo.Options) aggregate.LeaderboardConfig {
@@ -139,47 +81,12 @@ func withCache(cfg aggregate.LeaderboardConfig, o *repo.Options) aggregate.Leade
 	return cfg
 }
 
-// hookLog collects the CacheError events reported to Hooks.Event: the
-// step, key and cause of each.
-type hookLog struct {
-	mu     sync.Mutex
-	events []hookEvent
-}
-
-type hookEvent struct {
-	op, key string
-	err     error
-}
-
-func (h *hookLog) hook(_ context.Context, e observe.Event) {
-	if e.Kind != observe.CacheError {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.events = append(h.events, hookEvent{string(e.Step), e.Key, e.Err})
-}
-
-func (h *hookLog) all() []hookEvent {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]hookEvent(nil), h.events...)
-}
-
-func (e *env) opts(h *hookLog) *repo.Options {
-	o := &repo.Options{Namespace: e.ns}
-	if h != nil {
-		o.Hooks.Event = h.hook
-	}
-	return o
-}
-
 func (e *env) products(t testing.TB, o *repo.Options) *repo.Store[Product, int64] {
 	t.Helper()
 	if o == nil {
-		o = e.opts(nil)
+		o = e.Opts(nil)
 	}
-	s, err := repo.New(e.pool, e.mc, productTable, o)
+	s, err := repo.New(e.Pool, e.MC, productTable, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +95,7 @@ func (e *env) products(t testing.TB, o *repo.Options) *repo.Store[Product, int64
 
 func (e *env) insertProduct(t testing.TB, id int64, name string, price int64) {
 	t.Helper()
-	e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, $3, 1, $4)`,
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, $3, 1, $4)`,
 		id, "A"+name, name, price)
 }
 

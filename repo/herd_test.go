@@ -87,17 +87,17 @@ type herdStore struct {
 
 func newHerdStore(t *testing.T, e *env, o repo.Options, before func(context.Context) context.Context) *herdStore {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), e.url)
+	pool, err := pgxpool.New(context.Background(), e.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	mc, err := cacheClient(herdPerStore, time.Second, e.mcAdr)
+	mc, err := cacheClient(herdPerStore, time.Second, e.MCAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	db := &herdDB{Beginner: pool, before: before}
-	o.Namespace = e.ns
+	o.Namespace = e.NS
 	s, err := repo.New(db, mc, productTable, &o)
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +232,7 @@ func herdWaitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 func herdRow(t *testing.T, e *env) Product {
 	t.Helper()
 	e.insertProduct(t, herdID, "herded", 4200)
-	rows, _ := e.pool.Query(ctx, "SELECT id, article_number, name, category_id, price_cents, updated_at, version FROM products WHERE id = $1", herdID)
+	rows, _ := e.Pool.Query(ctx, "SELECT id, article_number, name, category_id, price_cents, updated_at, version FROM products WHERE id = $1", herdID)
 	p, err := pgx.CollectOneRow(rows, pgx.RowToStructByName[Product])
 	if err != nil {
 		t.Fatal(err)

@@ -27,10 +27,10 @@ func TestUnversionedTable(t *testing.T) {
 	// A mixed-case name with a '$' is found only if it is quoted as an
 	// identifier (names that are not identifiers, such as `odd "notes"
 	// table`, are refused by New: TestNewValidatesTable).
-	e.exec(t, `CREATE TABLE "Odd$Notes" (id text PRIMARY KEY, body text NOT NULL)`)
-	s, err := repo.New(e.pool, e.mc, repo.Table[Note, string]{
+	e.Exec(t, `CREATE TABLE "Odd$Notes" (id text PRIMARY KEY, body text NOT NULL)`)
+	s, err := repo.New(e.Pool, e.MC, repo.Table[Note, string]{
 		Name: `Odd$Notes`, Key: []string{"id"}, Columns: []string{"id", "body"},
-	}, e.opts(nil))
+	}, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func TestUnversionedTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The update deleted the key: the next Get reads the new row.
-	if _, err := e.mc.Get(s.Key(id)); !errors.Is(err, memcache.ErrCacheMiss) {
+	if _, err := e.MC.Get(s.Key(id)); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("key still cached after an unversioned update: %v", err)
 	}
 	if n, err := s.Get(ctx, id); err != nil || n.Body != "two" {
@@ -67,7 +67,7 @@ func TestUnversionedTable(t *testing.T) {
 		t.Fatalf("get after delete: %v", err)
 	}
 	var tables int
-	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE tablename = 'products'`).Scan(&tables); err != nil || tables != 1 {
+	if err := e.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE tablename = 'products'`).Scan(&tables); err != nil || tables != 1 {
 		t.Fatalf("products table: %d (%v)", tables, err)
 	}
 }
@@ -111,11 +111,11 @@ func TestSharedLoadSurvivesACancelledCaller(t *testing.T) {
 	e := newEnv(t)
 	e.insertProduct(t, 1, "shared", 100)
 	hold := make(chan struct{})
-	slow := &hookDB{Beginner: e.pool}
+	slow := &hookDB{Beginner: e.Pool}
 	var once sync.Once
 	entered := make(chan struct{})
 	slow.after = func(string) { once.Do(func() { close(entered); <-hold }) }
-	s, err := repo.New(slow, e.mc, productTable, e.opts(nil))
+	s, err := repo.New(slow, e.MC, productTable, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestSharedLoadSurvivesACancelledCaller(t *testing.T) {
 
 func TestInvalidateAll(t *testing.T) {
 	e := newEnv(t)
-	o := e.opts(nil)
+	o := e.Opts(nil)
 	o.GenerationRefresh = 50 * time.Millisecond
 	a, b := e.products(t, o), e.products(t, o)
 	e.insertProduct(t, 1, "before", 100)
@@ -158,7 +158,7 @@ func TestInvalidateAll(t *testing.T) {
 		}
 	}
 	// A change made behind the stores' backs...
-	e.exec(t, `UPDATE products SET name = 'after' WHERE id = 1`)
+	e.Exec(t, `UPDATE products SET name = 'after' WHERE id = 1`)
 	if p, _ := b.Get(ctx, 1); p.Name != "before" {
 		t.Fatalf("expected the cached row before invalidation, got %+v", p)
 	}
@@ -179,7 +179,7 @@ func TestInvalidateAll(t *testing.T) {
 	}
 	// A lost generation key (memcached restarted) comes back as 0 for every
 	// process alike, so the processes never split between two key spaces.
-	if err := e.mc.DeleteAll(); err != nil {
+	if err := e.MC.DeleteAll(); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(60 * time.Millisecond)
@@ -206,11 +206,11 @@ func TestQuery(t *testing.T) {
 			return page{}, errors.New("no such category")
 		}
 		var p page
-		err := e.pool.QueryRow(ctx, `SELECT $1::bigint, array_agg(name ORDER BY id), sum(price_cents)::bigint FROM products WHERE category_id = $1`, category).
+		err := e.Pool.QueryRow(ctx, `SELECT $1::bigint, array_agg(name ORDER BY id), sum(price_cents)::bigint FROM products WHERE category_id = $1`, category).
 			Scan(&p.Category, &p.Names, &p.Total)
 		return p, err
 	}
-	q, err := repo.NewQuery(e.mc, repo.QueryConfig[int64, page]{Name: "category-page", TTL: time.Minute, Load: load, Namespace: e.ns})
+	q, err := repo.NewQuery(e.MC, repo.QueryConfig[int64, page]{Name: "category-page", TTL: time.Minute, Load: load, Namespace: e.NS})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestQuery(t *testing.T) {
 	if _, err := q.Get(ctx, fail); err == nil || loads.Load() != 3 {
 		t.Fatal("a failed load was cached")
 	}
-	e.exec(t, `UPDATE products SET name = 'renamed' WHERE id = 1`)
+	e.Exec(t, `UPDATE products SET name = 'renamed' WHERE id = 1`)
 	if got, _ := q.Get(ctx, 1); got.Names[0] != "p1" {
 		t.Fatalf("expected the cached page, got %+v", got)
 	}

@@ -1,14 +1,13 @@
 package repo_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 )
 
 // Races between writers that reach the cache in another order than they
@@ -23,14 +22,14 @@ func blockAfter(t *testing.T, e *env, sub string) (s *repo.Store[Product, int64]
 	t.Helper()
 	ran, release = make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	db := &scanHookDB{Beginner: e.pool}
+	db := &testenv.ScanHookDB{Beginner: e.Pool}
 	f := func(sql string) {
 		if strings.Contains(sql, sub) {
 			once.Do(func() { close(ran); <-release })
 		}
 	}
-	db.after.Store(&f)
-	s, err := repo.New(db, e.mc, productTable, e.opts(nil))
+	db.After.Store(&f)
+	s, err := repo.New(db, e.MC, productTable, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +148,7 @@ func TestInsertAfterAConcurrentDeleteIsNewer(t *testing.T) {
 	locked, proceed := make(chan struct{}), make(chan struct{})
 	txDone := make(chan error, 1)
 	go func() {
-		txDone <- repo.InTx(ctx, e.pool, func(tx *repo.Tx) error {
+		txDone <- repo.InTx(ctx, e.Pool, func(tx *repo.Tx) error {
 			if _, err := s.In(tx).Update(ctx, 1, func(p *Product) error {
 				close(locked)
 				<-proceed // the upsert below starts, and waits for this lock
@@ -167,7 +166,7 @@ func TestInsertAfterAConcurrentDeleteIsNewer(t *testing.T) {
 		_, err := s.Upsert(ctx, Product{ID: 1, ArticleNumber: "A1", Name: "reborn", CategoryID: 1})
 		up <- err
 	}()
-	waitForLockWait(t, e)
+	e.WaitForLockWait(t)
 	close(proceed)
 	if err := <-txDone; err != nil {
 		t.Fatal(err)
@@ -179,24 +178,4 @@ func TestInsertAfterAConcurrentDeleteIsNewer(t *testing.T) {
 	if err != nil || p.Name != "reborn" {
 		t.Fatalf("after the upsert re-inserted the row: Get = %+v, %v", p, err)
 	}
-}
-
-// waitForLockWait waits until some backend of the test database waits on a
-// lock.
-func waitForLockWait(t *testing.T, e *env) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		var n int
-		err := e.pool.QueryRow(context.Background(),
-			`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n > 0 {
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
-	t.Fatal("no backend started waiting on a lock")
 }

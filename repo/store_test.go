@@ -37,7 +37,7 @@ func TestGetMissFillsThenHits(t *testing.T) {
 	}
 	// The cached value is exactly the database row.
 	var dbUpdated time.Time
-	if err := e.pool.QueryRow(ctx, `SELECT updated_at FROM products WHERE id = 1`).Scan(&dbUpdated); err != nil {
+	if err := e.Pool.QueryRow(ctx, `SELECT updated_at FROM products WHERE id = 1`).Scan(&dbUpdated); err != nil {
 		t.Fatal(err)
 	}
 	p, _ := s.Get(ctx, 1)
@@ -154,7 +154,7 @@ func TestWritesGoThroughToTheCache(t *testing.T) {
 	if err := s.Delete(ctx, 7); !errors.Is(err, repo.ErrNotFound) {
 		t.Fatalf("second delete: %v, want ErrNotFound", err)
 	}
-	if _, err := e.mc.Get(s.Key(7)); !errors.Is(err, memcache.ErrCacheMiss) {
+	if _, err := e.MC.Get(s.Key(7)); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("after a delete that found nothing, the key is still cached (%v)", err)
 	}
 }
@@ -180,7 +180,7 @@ func TestUpdateErrors(t *testing.T) {
 		t.Fatal("check constraint violation not returned")
 	}
 	var price int64
-	if err := e.pool.QueryRow(ctx, `SELECT price_cents FROM products WHERE id = 1`).Scan(&price); err != nil || price != 5000 {
+	if err := e.Pool.QueryRow(ctx, `SELECT price_cents FROM products WHERE id = 1`).Scan(&price); err != nil || price != 5000 {
 		t.Fatalf("db price %d (%v), want 5000", price, err)
 	}
 	after, err := s.Get(ctx, 1)
@@ -208,7 +208,7 @@ func TestCancelledContext(t *testing.T) {
 		t.Fatalf("update: %v", err)
 	}
 	var n int
-	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM products WHERE id = 2 OR price_cents = 1`).Scan(&n); err != nil || n != 0 {
+	if err := e.Pool.QueryRow(ctx, `SELECT count(*) FROM products WHERE id = 2 OR price_cents = 1`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("a cancelled write changed the database: %d rows (%v)", n, err)
 	}
 	if st := s.Stats(); st.Fills != 0 || st.DBReads != 0 {
@@ -260,7 +260,7 @@ func TestGetMany(t *testing.T) {
 
 func TestCompositeKeys(t *testing.T) {
 	e := newEnv(t)
-	s, err := repo.New(e.pool, e.mc, stockTable, e.opts(nil))
+	s, err := repo.New(e.Pool, e.MC, stockTable, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,8 +286,8 @@ func TestCompositeKeys(t *testing.T) {
 		seen[key] = true
 	}
 	// Cold GetMany: all from the database in one query.
-	e.mc.DeleteAll()
-	s2, _ := repo.New(e.pool, e.mc, stockTable, e.opts(nil))
+	e.MC.DeleteAll()
+	s2, _ := repo.New(e.Pool, e.MC, stockTable, e.Opts(nil))
 	got, err := s2.GetMany(ctx, keys)
 	if err != nil {
 		t.Fatal(err)
@@ -319,13 +319,13 @@ func TestCompositeKeys(t *testing.T) {
 func TestCorruptCacheBytesAreAMiss(t *testing.T) {
 	e := newEnv(t)
 	var h hookLog
-	s := e.products(t, e.opts(&h))
+	s := e.products(t, e.Opts(&h))
 	e.insertProduct(t, 1, "level", 800)
 	if _, err := s.Get(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	key := s.Key(1)
-	good, err := e.mc.Get(key)
+	good, err := e.MC.Get(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,20 +343,20 @@ func TestCorruptCacheBytesAreAMiss(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if err := e.mc.Set(&memcache.Item{Key: key, Flags: c.flags, Value: c.value}); err != nil {
+			if err := e.MC.Set(&memcache.Item{Key: key, Flags: c.flags, Value: c.value}); err != nil {
 				t.Fatal(err)
 			}
-			n := len(h.all())
+			n := len(h.All())
 			p, err := s.Get(ctx, 1)
 			if err != nil || p.Name != "level" || p.PriceCents != 800 {
 				t.Fatalf("got %+v, %v", p, err)
 			}
-			ev := h.all()[n:]
-			if len(ev) == 0 || !errors.Is(ev[0].err, repo.ErrCorrupt) || ev[0].key != key {
+			ev := h.All()[n:]
+			if len(ev) == 0 || !errors.Is(ev[0].Err, repo.ErrCorrupt) || ev[0].Key != key {
 				t.Fatalf("corruption not reported: %+v", ev)
 			}
 			// The bad bytes were replaced by a good fill.
-			it, err := e.mc.Get(key)
+			it, err := e.MC.Get(key)
 			if err != nil || it.Flags != good.Flags || string(it.Value) != string(good.Value) {
 				t.Fatalf("key not refilled with the row: %+v %v", it, err)
 			}
@@ -376,7 +376,7 @@ func flip(b []byte, i int) []byte {
 func TestOversizeValuesAreServedNotCached(t *testing.T) {
 	e := newEnv(t)
 	var h hookLog
-	o := e.opts(&h)
+	o := e.Opts(&h)
 	o.MaxItemSize = 64
 	s := e.products(t, o)
 	long := strings.Repeat("x", 200)
@@ -390,17 +390,17 @@ func TestOversizeValuesAreServedNotCached(t *testing.T) {
 			t.Fatalf("get %d: %v", i, err)
 		}
 	}
-	if _, err := e.mc.Get(s.Key(1)); !errors.Is(err, memcache.ErrCacheMiss) {
+	if _, err := e.MC.Get(s.Key(1)); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("oversize value left something in the cache: %v", err)
 	}
 	var tooLarge int
-	for _, ev := range h.all() {
-		if errors.Is(ev.err, repo.ErrTooLarge) {
+	for _, ev := range h.All() {
+		if errors.Is(ev.Err, repo.ErrTooLarge) {
 			tooLarge++
 		}
 	}
 	if tooLarge != 3 { // the insert's write-through and both fills
-		t.Fatalf("%d ErrTooLarge reports, want 3: %+v", tooLarge, h.all())
+		t.Fatalf("%d ErrTooLarge reports, want 3: %+v", tooLarge, h.All())
 	}
 	if st := s.Stats(); st.DBReads != 2 {
 		t.Fatalf("db reads %d, want 2", st.DBReads)
@@ -414,7 +414,7 @@ func TestCacheDownFallsBackToTheDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := repo.New(e.pool, dead, productTable, e.opts(&h))
+	s, err := repo.New(e.Pool, dead, productTable, e.Opts(&h))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,7 +437,7 @@ func TestCacheDownFallsBackToTheDatabase(t *testing.T) {
 	if err := s.Delete(ctx, 2); err != nil {
 		t.Fatalf("delete with the cache down: %v", err)
 	}
-	if len(h.all()) == 0 || s.Stats().CacheErrors == 0 {
+	if len(h.All()) == 0 || s.Stats().CacheErrors == 0 {
 		t.Fatal("cache failures were not reported")
 	}
 	if _, err := s.Get(ctx, 2); !errors.Is(err, repo.ErrNotFound) {
@@ -456,9 +456,9 @@ func TestStaleFillLosesToAWrite(t *testing.T) {
 			e.insertProduct(t, 1, "old", 100)
 			var once sync.Once
 			readDone, release := make(chan struct{}), make(chan struct{})
-			slow := &hookDB{Beginner: e.pool}
+			slow := &hookDB{Beginner: e.Pool}
 			slow.after = func(string) { once.Do(func() { close(readDone); <-release }) }
-			reader, err := repo.New(slow, e.mc, productTable, e.opts(nil))
+			reader, err := repo.New(slow, e.MC, productTable, e.Opts(nil))
 			if err != nil {
 				t.Fatal(err)
 			}

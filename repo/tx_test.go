@@ -22,7 +22,7 @@ func TestInTxRunsCacheEffectsOnlyAfterCommit(t *testing.T) {
 
 	// Rolled back: neither the database nor the cache changes.
 	boom := errors.New("boom")
-	err := repo.InTx(ctx, e.pool, func(tx *repo.Tx) error {
+	err := repo.InTx(ctx, e.Pool, func(tx *repo.Tx) error {
 		ps := s.In(tx)
 		if _, err := ps.Update(ctx, 1, func(p *Product) error { p.Name = "rolled back"; return nil }); err != nil {
 			return err
@@ -43,7 +43,7 @@ func TestInTxRunsCacheEffectsOnlyAfterCommit(t *testing.T) {
 	}
 
 	// Committed: every write of the transaction reaches the cache after COMMIT.
-	err = repo.InTx(ctx, e.pool, func(tx *repo.Tx) error {
+	err = repo.InTx(ctx, e.Pool, func(tx *repo.Tx) error {
 		ps := s.In(tx)
 		if _, err := ps.Update(ctx, 1, func(p *Product) error { p.Name = "committed"; return nil }); err != nil {
 			return err
@@ -71,7 +71,7 @@ func TestInTxRunsCacheEffectsOnlyAfterCommit(t *testing.T) {
 func outboxRows(t *testing.T, e *env) int {
 	t.Helper()
 	var n int
-	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM cachedrepo_outbox`).Scan(&n); err != nil {
+	if err := e.Pool.QueryRow(ctx, `SELECT count(*) FROM cachedrepo_outbox`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -79,8 +79,8 @@ func outboxRows(t *testing.T, e *env) int {
 
 func TestOutbox(t *testing.T) {
 	e := newEnv(t)
-	o := e.opts(nil)
-	o.Repairer = mustRepairer(e.pool, e.mc, invalidation.RepairerConfig{})
+	o := e.Opts(nil)
+	o.Repairer = mustRepairer(e.Pool, e.MC, invalidation.RepairerConfig{})
 	s := e.products(t, o)
 	e.insertProduct(t, 1, "v1", 100)
 
@@ -110,8 +110,8 @@ func TestOutbox(t *testing.T) {
 	mp := startPrivateMemcached(t)
 	mc, _ := cacheClient(8, 200*time.Millisecond, mp.Addr())
 	po := *o
-	po.Repairer = mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
-	ps, err := repo.New(e.pool, mc, productTable, &po)
+	po.Repairer = mustRepairer(e.Pool, mc, invalidation.RepairerConfig{})
+	ps, err := repo.New(e.Pool, mc, productTable, &po)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestOutbox(t *testing.T) {
 	if err := mc.Set(stale); err != nil { // the partitioned node kept its old item
 		t.Fatal(err)
 	}
-	r := mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
+	r := mustRepairer(e.Pool, mc, invalidation.RepairerConfig{})
 	if n, err := r.RunOnce(ctx, 0); err != nil || n != 1 {
 		t.Fatalf("repair: %d rows, %v", n, err)
 	}
@@ -153,7 +153,7 @@ func TestOutbox(t *testing.T) {
 	}
 
 	// A rolled-back transaction leaves no outbox row either.
-	_ = repo.InTx(ctx, e.pool, func(tx *repo.Tx) error {
+	_ = repo.InTx(ctx, e.Pool, func(tx *repo.Tx) error {
 		if _, err := s.In(tx).Update(ctx, 1, func(p *Product) error { p.Name = "never"; return nil }); err != nil {
 			return err
 		}

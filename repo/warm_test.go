@@ -74,7 +74,7 @@ const productCols = `id, article_number, name, category_id, price_cents, updated
 
 // readProducts reads products the way a warm-up would, in id order.
 func (e *env) readProducts(where string, args ...any) ([]Product, error) {
-	rows, _ := e.pool.Query(ctx, `SELECT `+productCols+` FROM products `+where+` ORDER BY id`, args...)
+	rows, _ := e.Pool.Query(ctx, `SELECT `+productCols+` FROM products `+where+` ORDER BY id`, args...)
 	return pgx.CollectRows(rows, pgx.RowToStructByName[Product])
 }
 
@@ -90,7 +90,7 @@ func (e *env) productRows(t testing.TB, where string, args ...any) []Product {
 func (e *env) store(t testing.TB, db repo.DB, cache repo.Cache, table repo.Table[Product, int64], o *repo.Options) *repo.Store[Product, int64] {
 	t.Helper()
 	if o == nil {
-		o = e.opts(nil)
+		o = e.Opts(nil)
 	}
 	s, err := repo.New(db, cache, table, o)
 	if err != nil {
@@ -105,12 +105,12 @@ func (e *env) store(t testing.TB, db repo.DB, cache repo.Cache, table repo.Table
 // Warm must make chunks verifying queries and lookups catalog queries.
 func warmThenHits[T any, K comparable](t *testing.T, e *env, table repo.Table[T, K], sel string, keyOf func(T) K, chunks, lookups int64) {
 	wantQueries := chunks + lookups
-	db, queries := countDB(e.pool)
-	s, err := repo.New(db, e.mc, table, e.opts(nil))
+	db, queries := countDB(e.Pool)
+	s, err := repo.New(db, e.MC, table, e.Opts(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, _ := e.pool.Query(ctx, sel)
+	r, _ := e.Pool.Query(ctx, sel)
 	rows, err := pgx.CollectRows(r, pgx.RowToStructByName[T])
 	if err != nil {
 		t.Fatal(err)
@@ -127,9 +127,9 @@ func warmThenHits[T any, K comparable](t *testing.T, e *env, table repo.Table[T,
 	}
 
 	// A fill in another namespace stores the same bytes and flags.
-	o := e.opts(nil)
-	o.Namespace = e.ns + "-ref"
-	ref, err := repo.New(e.pool, e.mc, table, o)
+	o := e.Opts(nil)
+	o.Namespace = e.NS + "-ref"
+	ref, err := repo.New(e.Pool, e.MC, table, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,11 +138,11 @@ func warmThenHits[T any, K comparable](t *testing.T, e *env, table repo.Table[T,
 		if _, err := ref.Get(ctx, k); err != nil {
 			t.Fatal(err)
 		}
-		warm, err := e.mc.Get(s.Key(k))
+		warm, err := e.MC.Get(s.Key(k))
 		if err != nil {
 			t.Fatalf("warmed key %v: %v", k, err)
 		}
-		fill, err := e.mc.Get(ref.Key(k))
+		fill, err := e.MC.Get(ref.Key(k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +172,7 @@ func warmThenHits[T any, K comparable](t *testing.T, e *env, table repo.Table[T,
 func TestWarmFillsRowsThatGetServesAsHits(t *testing.T) {
 	t.Run("products", func(t *testing.T) {
 		e := newEnv(t)
-		e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
+		e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
 			SELECT i, 'A' || i, 'product ' || i, 1 + i % 2, i FROM generate_series(1, 2500) i`)
 		warmThenHits(t, e, productTable, `SELECT `+productCols+` FROM products ORDER BY id`,
 			func(p Product) int64 { return p.ID }, 3, 0)
@@ -180,7 +180,7 @@ func TestWarmFillsRowsThatGetServesAsHits(t *testing.T) {
 	t.Run("stock", func(t *testing.T) {
 		// Rows in key order: one range query, needing no key types.
 		e := newEnv(t)
-		e.exec(t, `INSERT INTO stock (article_number, uom, store_code, quantity)
+		e.Exec(t, `INSERT INTO stock (article_number, uom, store_code, quantity)
 			SELECT 'A' || i, u, s, i FROM generate_series(1, 20) i, unnest(ARRAY['EA', 'KG']) u, unnest(ARRAY['S001', 'S002']) s`)
 		warmThenHits(t, e, stockTable, `SELECT article_number, uom, store_code, quantity, updated_at, version FROM stock ORDER BY 1, 2, 3`,
 			func(s Stock) StockKey { return StockKey{s.ArticleNumber, s.UOM, s.StoreCode} }, 1, 0)
@@ -204,15 +204,15 @@ func TestWarmRowsOutOfKeyOrder(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
+			e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
 				SELECT i, 'A' || i, 'p' || i, 1, i FROM generate_series(1, 300) i`)
 			all := e.productRows(t, "")
 			rows := make([]Product, len(tc.ids))
 			for i, id := range tc.ids {
 				rows[i] = all[id-1]
 			}
-			db, queries := countDB(e.pool)
-			s := e.store(t, db, e.mc, productTable, nil)
+			db, queries := countDB(e.Pool)
+			s := e.store(t, db, e.MC, productTable, nil)
 			if n, err := s.Warm(ctx, rows); err != nil || n != len(rows) {
 				t.Fatalf("Warm: stored %d, %v; want %d", n, err, len(rows))
 			}
@@ -238,15 +238,15 @@ func TestWarmNeverReplacesWhatIsCached(t *testing.T) {
 		e := newEnv(t)
 		e.insertProduct(t, 1, "old", 100)
 		old := e.productRows(t, "")
-		db, queries := countDB(e.pool)
-		s := e.store(t, db, e.mc, productTable, nil)
+		db, queries := countDB(e.Pool)
+		s := e.store(t, db, e.MC, productTable, nil)
 		if _, err := s.Get(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Update(ctx, 1, func(p *Product) error { p.Name = "new"; return nil }); err != nil {
 			t.Fatal(err)
 		}
-		before, err := e.mc.Get(s.Key(1))
+		before, err := e.MC.Get(s.Key(1))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,7 +254,7 @@ func TestWarmNeverReplacesWhatIsCached(t *testing.T) {
 		if n, err := s.Warm(ctx, old); err != nil || n != 0 {
 			t.Fatalf("Warm over a newer value: stored %d, %v", n, err)
 		}
-		after, err := e.mc.Get(s.Key(1))
+		after, err := e.MC.Get(s.Key(1))
 		if err != nil || after.CasID != before.CasID || string(after.Value) != string(before.Value) {
 			t.Fatalf("Warm changed the cached item: cas %d -> %d, %v", before.CasID, after.CasID, err)
 		}
@@ -269,8 +269,8 @@ func TestWarmNeverReplacesWhatIsCached(t *testing.T) {
 		e := newEnv(t)
 		e.insertProduct(t, 1, "old", 100)
 		old := e.productRows(t, "")
-		db, queries := countDB(e.pool)
-		s := e.store(t, db, e.mc, productTable, nil)
+		db, queries := countDB(e.Pool)
+		s := e.store(t, db, e.MC, productTable, nil)
 		if _, err := s.Get(ctx, 1); err != nil {
 			t.Fatal(err)
 		}
@@ -299,13 +299,13 @@ func TestWarmNeverReplacesWhatIsCached(t *testing.T) {
 			heldFlags uint32
 			heldLen   = -1
 		)
-		db := &hookDB{Beginner: e.pool}
-		s := e.store(t, db, e.mc, productTable, nil)
+		db := &hookDB{Beginner: e.Pool}
+		s := e.store(t, db, e.MC, productTable, nil)
 		// While Get holds the lease (its SELECT has run), Warm the key.
 		db.after = func(string) {
 			once.Do(func() {
 				warmed, warmErr = s.Warm(ctx, rows)
-				if it, err := e.mc.Get(s.Key(1)); err == nil {
+				if it, err := e.MC.Get(s.Key(1)); err == nil {
 					heldFlags, heldLen = it.Flags, len(it.Value)
 				}
 			})
@@ -363,7 +363,7 @@ func TestWarmLeavesNoStaleRow(t *testing.T) {
 			e.insertProduct(t, 1, "old", 100)
 			e.insertProduct(t, 2, "other", 200)
 			old := e.productRows(t, "")
-			writer := e.store(t, e.pool, e.mc, tc.table, nil)
+			writer := e.store(t, e.Pool, e.MC, tc.table, nil)
 			var once sync.Once
 			write := func() {
 				once.Do(func() {
@@ -378,8 +378,8 @@ func TestWarmLeavesNoStaleRow(t *testing.T) {
 					}
 				})
 			}
-			db := &hookDB{Beginner: e.pool}
-			mc := &hookCache{Cache: e.mc}
+			db := &hookDB{Beginner: e.Pool}
+			mc := &hookCache{Cache: e.MC}
 			s := e.store(t, db, mc, tc.table, nil)
 			key1 := s.Key(1)
 			mc.reset()
@@ -426,17 +426,17 @@ func TestWarmLeavesNoStaleRowCompositeKey(t *testing.T) {
 	for _, keyTypes := range [][]string{nil, {"text", "text", "text"}} {
 		t.Run(fmt.Sprint("key types ", keyTypes), func(t *testing.T) {
 			e := newEnv(t)
-			e.exec(t, `INSERT INTO stock (article_number, uom, store_code, quantity)
+			e.Exec(t, `INSERT INTO stock (article_number, uom, store_code, quantity)
 				SELECT 'A' || i, 'EA', s, i FROM generate_series(1, 3) i, unnest(ARRAY['S001', 'S002']) s`)
-			r, _ := e.pool.Query(ctx, `SELECT article_number, uom, store_code, quantity, updated_at, version FROM stock ORDER BY 1, 2, 3`)
+			r, _ := e.Pool.Query(ctx, `SELECT article_number, uom, store_code, quantity, updated_at, version FROM stock ORDER BY 1, 2, 3`)
 			old, err := pgx.CollectRows(r, pgx.RowToStructByName[Stock])
 			if err != nil {
 				t.Fatal(err)
 			}
 			table := stockTable
 			table.KeyTypes = keyTypes
-			db, queries := countDB(e.pool)
-			s, err := repo.New(db, e.mc, table, e.opts(nil))
+			db, queries := countDB(e.Pool)
+			s, err := repo.New(db, e.MC, table, e.Opts(nil))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -490,9 +490,9 @@ func TestWarmLeavesNoStaleRowCompositeKey(t *testing.T) {
 func TestWarmSkipsAndReportsTooLargeRows(t *testing.T) {
 	e := newEnv(t)
 	var h hookLog
-	o := e.opts(&h)
+	o := e.Opts(&h)
 	o.MaxItemSize = 100
-	s := e.store(t, e.pool, e.mc, productTable, o)
+	s := e.store(t, e.Pool, e.MC, productTable, o)
 	e.insertProduct(t, 1, "small", 100)
 	e.insertProduct(t, 2, strings.Repeat("x", 200), 200)
 	e.insertProduct(t, 3, "small too", 300)
@@ -500,12 +500,12 @@ func TestWarmSkipsAndReportsTooLargeRows(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("Warm: stored %d, %v; want 2 and no error", n, err)
 	}
-	ev := h.all()
-	if len(ev) != 1 || ev[0].op != "encode" || ev[0].key != s.Key(2) || !errors.Is(ev[0].err, repo.ErrTooLarge) {
+	ev := h.All()
+	if len(ev) != 1 || ev[0].Op != "encode" || ev[0].Key != s.Key(2) || !errors.Is(ev[0].Err, repo.ErrTooLarge) {
 		t.Fatalf("hook events %+v, want one ErrTooLarge for %s", ev, s.Key(2))
 	}
 	for id, want := range map[int64]bool{1: true, 2: false, 3: true} {
-		_, err := e.mc.Get(s.Key(id))
+		_, err := e.MC.Get(s.Key(id))
 		if got := err == nil; got != want {
 			t.Errorf("key of row %d cached: %v (%v), want %v", id, got, err, want)
 		}
@@ -523,8 +523,8 @@ func TestWarmCancelledContext(t *testing.T) {
 				e.insertProduct(t, id, fmt.Sprint("p", id), id)
 			}
 			rows := e.productRows(t, "")
-			db, queries := countDB(e.pool)
-			mc := &hookCache{Cache: e.mc}
+			db, queries := countDB(e.Pool)
+			mc := &hookCache{Cache: e.MC}
 			s := e.store(t, db, mc, productTable, nil)
 			mc.reset()
 			cctx, cancel := context.WithCancel(ctx)
@@ -552,7 +552,7 @@ func TestWarmCancelledContext(t *testing.T) {
 				t.Fatalf("%d queries, want 0", q)
 			}
 			for id := int64(1); id <= 5; id++ { // what was added could not be verified: deleted
-				if _, err := e.mc.Get(s.Key(id)); !errors.Is(err, memcache.ErrCacheMiss) {
+				if _, err := e.MC.Get(s.Key(id)); !errors.Is(err, memcache.ErrCacheMiss) {
 					t.Fatalf("key of row %d after a cancelled Warm: %v, want a miss", id, err)
 				}
 			}
@@ -571,9 +571,9 @@ func TestWarmCacheUnreachable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		db, queries := countDB(e.pool)
+		db, queries := countDB(e.Pool)
 		mc := &hookCache{Cache: dead}
-		s := e.store(t, db, mc, productTable, e.opts(&h))
+		s := e.store(t, db, mc, productTable, e.Opts(&h))
 		for i := 0; i < 3; i++ { // reads fall back to the database and open the breaker
 			if p, err := s.Get(ctx, 1); err != nil || p.Name != "p1" {
 				t.Fatalf("Get with the cache down: %+v %v", p, err)
@@ -592,8 +592,8 @@ func TestWarmCacheUnreachable(t *testing.T) {
 		if d := queries.Load() - q; d != 0 {
 			t.Fatalf("%d queries, want 0", d)
 		}
-		for _, ev := range h.all() {
-			if ev.op == "fill" {
+		for _, ev := range h.All() {
+			if ev.Op == "fill" {
 				t.Fatalf("hook event %+v: Warm tried the cache", ev)
 			}
 		}
@@ -609,9 +609,9 @@ func TestWarmCacheUnreachable(t *testing.T) {
 			t.Fatal(err)
 		}
 		var h hookLog
-		db, queries := countDB(e.pool)
+		db, queries := countDB(e.Pool)
 		mc := &hookCache{Cache: client}
-		s := e.store(t, db, mc, productTable, e.opts(&h))
+		s := e.store(t, db, mc, productTable, e.Opts(&h))
 		mc.reset()
 		mc.afterAdd = func(string, error) {
 			if mc.adds.Load() == 2 {
@@ -633,12 +633,12 @@ func TestWarmCacheUnreachable(t *testing.T) {
 		if q := queries.Load(); q != 1 {
 			t.Fatalf("%d queries, want 1: what was added is still verified", q)
 		}
-		ev := h.all()
+		ev := h.All()
 		if len(ev) != 3 {
 			t.Fatalf("hook events %+v, want fill failures for rows 3, 4 and 5", ev)
 		}
 		for i, x := range ev {
-			if x.op != "fill" || x.key != s.Key(int64(3+i)) {
+			if x.Op != "fill" || x.Key != s.Key(int64(3+i)) {
 				t.Fatalf("hook event %d: %+v, want a fill failure for row %d", i, x, 3+i)
 			}
 		}
@@ -656,9 +656,9 @@ func TestWarmVerifiesAddsThatFailedInTransit(t *testing.T) {
 			}
 			old := e.productRows(t, "")
 			var h hookLog
-			db, queries := countDB(e.pool)
-			mc := &hookCache{Cache: e.mc}
-			s := e.store(t, db, mc, productTable, e.opts(&h))
+			db, queries := countDB(e.Pool)
+			mc := &hookCache{Cache: e.MC}
+			s := e.store(t, db, mc, productTable, e.Opts(&h))
 			mc.lostReply = s.Key(2)
 			if write {
 				if _, err := s.Update(ctx, 2, func(p *Product) error { p.Name = "new"; return nil }); err != nil {
@@ -674,7 +674,7 @@ func TestWarmVerifiesAddsThatFailedInTransit(t *testing.T) {
 			if write {
 				wantQueries = 2 // and row 2, changed, is read again by key
 			}
-			if ev := h.all(); len(ev) != 1 || ev[0].op != "fill" || ev[0].key != s.Key(2) || !errors.Is(ev[0].err, errTimeout) {
+			if ev := h.All(); len(ev) != 1 || ev[0].Op != "fill" || ev[0].Key != s.Key(2) || !errors.Is(ev[0].Err, errTimeout) {
 				t.Fatalf("hook events %+v, want the one timeout", ev)
 			}
 			if d := queries.Load() - q; d != wantQueries {
@@ -697,7 +697,7 @@ func TestWarmVerifiesAddsThatFailedInTransit(t *testing.T) {
 func TestWarmWhileWriting(t *testing.T) {
 	e := newEnv(t)
 	const rows = 40
-	e.exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
 		SELECT i, 'A' || i, 'p' || i, 1, 0 FROM generate_series(1, $1) i`, rows)
 	s := e.products(t, nil) // one store warms and writes: it shares one key generation
 	for round := 0; round < 5; round++ {
@@ -737,7 +737,7 @@ func TestWarmWhileWriting(t *testing.T) {
 						return
 					}
 					for j := 0; j < rows/4; j++ { // evictions, so later Warms add again
-						_ = e.mc.Delete(s.Key(rand.Int64N(rows) + 1))
+						_ = e.MC.Delete(s.Key(rand.Int64N(rows) + 1))
 					}
 				}
 			}()
@@ -773,8 +773,8 @@ func BenchmarkWarm(b *testing.B) {
 		round++
 		stores := make([]*repo.Store[Product, int64], n*batch/rows+1)
 		for i := range stores {
-			o := e.opts(nil)
-			o.Namespace = fmt.Sprintf("%s-w%d-%d", e.ns, round, i)
+			o := e.Opts(nil)
+			o.Namespace = fmt.Sprintf("%s-w%d-%d", e.NS, round, i)
 			stores[i] = e.products(b, o)
 		}
 		return stores
@@ -803,7 +803,7 @@ func BenchmarkWarm(b *testing.B) {
 		}
 		values := make([][]byte, rows+1)
 		for _, id := range ids {
-			it, err := e.mc.Get(s.Key(id))
+			it, err := e.MC.Get(s.Key(id))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -812,7 +812,7 @@ func BenchmarkWarm(b *testing.B) {
 		b.ResetTimer()
 		run(b, func(s *repo.Store[Product, int64], off int) error {
 			for _, id := range ids[off : off+batch] {
-				if err := e.mc.Set(&memcache.Item{Key: s.Key(id), Value: values[id], Expiration: 60}); err != nil {
+				if err := e.MC.Set(&memcache.Item{Key: s.Key(id), Value: values[id], Expiration: 60}); err != nil {
 					return err
 				}
 			}

@@ -1,4 +1,4 @@
-package repo_test
+package aggregate_test
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // 32 goroutines are not limited by pgxpool's default of 4.
 func aggregatePool(b *testing.B, e *env) *pgxpool.Pool {
 	b.Helper()
-	cfg, err := pgxpool.ParseConfig(e.url)
+	cfg, err := pgxpool.ParseConfig(e.URL)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func BenchmarkCounterAdd(b *testing.B) {
 	ctx := context.Background()
 	e := newEnv(b)
 	pool := aggregatePool(b, e)
-	c := newCounter(b, pool, e.mc, e.opts(nil))
+	c := newCounter(b, pool, e.MC, e.Opts(nil))
 	if _, err := c.Add(ctx, "hot", 1); err != nil {
 		b.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 	checkIndexPlan(b, pool, lbTopSQL, "big", 121)
 	warmPool(b, pool, topSQL, "big", 100)
 	warmPool(b, pool, lbTopSQL, "big", 121)
-	lb := newLeaderboard(b, pool, e.mc, aggregate.LeaderboardConfig{}, e.opts(nil))
+	lb := newLeaderboard(b, pool, e.MC, aggregate.LeaderboardConfig{}, e.Opts(nil))
 	if _, err := lb.Top(ctx, "big", 100); err != nil { // builds the cached list
 		b.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 		b.SetParallelism(benchGoroutinesPerCPU)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if _, err := e.mc.Get(key); err != nil {
+				if _, err := e.MC.Get(key); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -212,7 +212,7 @@ func BenchmarkLeaderboardTop(b *testing.B) {
 			b.Errorf("cached Top read the database %d times", st.DBReads-before.DBReads)
 		}
 	})
-	local := newLeaderboard(b, pool, e.mc, aggregate.LeaderboardConfig{LocalTTL: 100 * time.Millisecond}, e.opts(nil))
+	local := newLeaderboard(b, pool, e.MC, aggregate.LeaderboardConfig{LocalTTL: 100 * time.Millisecond}, e.Opts(nil))
 	b.Run("cached-local", func(b *testing.B) {
 		b.ReportAllocs()
 		before := local.Stats()
@@ -361,7 +361,7 @@ func BenchmarkLeaderboardSubmit(b *testing.B) {
 	const upsert = `INSERT INTO "scores" AS s (board, player, score) VALUES ($1, $2, $3) ON CONFLICT (board, player)` +
 		` DO UPDATE SET score = EXCLUDED.score, version = DEFAULT RETURNING version` // Submit's statement
 	warmPool(b, pool, `SELECT 1`)
-	lb := newLeaderboard(b, pool, e.mc, aggregate.LeaderboardConfig{}, e.opts(nil))
+	lb := newLeaderboard(b, pool, e.MC, aggregate.LeaderboardConfig{}, e.Opts(nil))
 	for _, players := range []int{1000, 100000} {
 		board := "b" + strconv.Itoa(players)
 		name := "players=" + strconv.Itoa(players)

@@ -1,4 +1,4 @@
-package repo_test
+package aggregate_test
 
 import (
 	"context"
@@ -16,59 +16,11 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/aggregate"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
-
-// scanHookDB wraps a DB and calls after (if set) once a QueryRow's Scan or
-// a Query's Close has finished, i.e. once the statement has completed and,
-// outside a transaction, committed. Tests use it to stop an operation
-// between its database step and its cache step.
-type scanHookDB struct {
-	repo.Beginner
-	after atomic.Pointer[func(sql string)]
-}
-
-func (h *scanHookDB) hook(sql string) {
-	if f := h.after.Load(); f != nil {
-		(*f)(sql)
-	}
-}
-
-func (h *scanHookDB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return hookRow{Row: h.Beginner.QueryRow(ctx, sql, args...), done: func() { h.hook(sql) }}
-}
-
-func (h *scanHookDB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rows, err := h.Beginner.Query(ctx, sql, args...)
-	if err != nil {
-		return rows, err
-	}
-	return &hookRows{Rows: rows, done: func() { h.hook(sql) }}, nil
-}
-
-type hookRow struct {
-	pgx.Row
-	done func()
-}
-
-func (r hookRow) Scan(dest ...any) error {
-	err := r.Row.Scan(dest...)
-	r.done()
-	return err
-}
-
-type hookRows struct {
-	pgx.Rows
-	done func()
-	once sync.Once
-}
-
-func (r *hookRows) Close() {
-	r.Rows.Close()
-	r.once.Do(r.done)
-}
 
 // privateCache starts a private memcached (args as for
 // repotest.StartMemcached) and returns it with a client.
@@ -99,7 +51,7 @@ func newCounter(t testing.TB, db repo.DB, mc repo.Cache, o *repo.Options) *aggre
 func dbCounter(t testing.TB, e *env, name string) int64 {
 	t.Helper()
 	var v int64
-	err := e.pool.QueryRow(context.Background(), `SELECT value FROM counters WHERE name = $1`, name).Scan(&v)
+	err := e.Pool.QueryRow(context.Background(), `SELECT value FROM counters WHERE name = $1`, name).Scan(&v)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		t.Fatal(err)
 	}
@@ -109,7 +61,7 @@ func dbCounter(t testing.TB, e *env, name string) int64 {
 func TestCounterBasic(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	c := newCounter(t, e.pool, e.mc, e.opts(nil))
+	c := newCounter(t, e.Pool, e.MC, e.Opts(nil))
 
 	// Adds on a key that is not cached leave it uncached (write-through
 	// never Adds: that could install an older version after an eviction).
@@ -146,7 +98,7 @@ func TestCounterBasic(t *testing.T) {
 	}
 
 	// A miss fills the cache from the database.
-	if err := e.mc.Delete(c.Key("visitors")); err != nil {
+	if err := e.MC.Delete(c.Key("visitors")); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := c.Get(ctx, "visitors"); err != nil || v != 44 {
@@ -191,7 +143,7 @@ func TestCounterConcurrent(t *testing.T) {
 	hooks := make([]*hookLog, instances)
 	for i := range counters {
 		hooks[i] = &hookLog{}
-		counters[i] = newCounter(t, e.pool, newClient(t, mp.Addr()), e.opts(hooks[i]))
+		counters[i] = newCounter(t, e.Pool, newClient(t, mp.Addr()), e.Opts(hooks[i]))
 	}
 	total := instances * goroutines * perGoroutine
 	var made atomic.Int64
@@ -258,8 +210,8 @@ func TestCounterConcurrent(t *testing.T) {
 		st := c.Stats()
 		conflicts += st.CASConflicts
 		cacheErrs += st.CacheErrors
-		for _, ev := range hooks[i].all() {
-			if errors.Is(ev.err, memcache.ErrCacheMiss) {
+		for _, ev := range hooks[i].All() {
+			if errors.Is(ev.Err, memcache.ErrCacheMiss) {
 				t.Errorf("hook saw a cache miss as an error: %v", ev)
 			}
 		}
@@ -276,7 +228,7 @@ func TestCounterConcurrent(t *testing.T) {
 func TestCounterMixedDeltas(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	c := newCounter(t, e.pool, e.mc, e.opts(nil))
+	c := newCounter(t, e.Pool, e.MC, e.Opts(nil))
 	var want atomic.Int64
 	var wg sync.WaitGroup
 	for g := range 16 {
@@ -329,13 +281,13 @@ func checkCachedCounter(t *testing.T, c *aggregate.Counter, name string, want in
 func TestCounterStaleFill(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hdb := &scanHookDB{Beginner: e.pool}
-	reader := newCounter(t, hdb, e.mc, e.opts(nil))
-	writer := newCounter(t, e.pool, e.mc, e.opts(nil))
+	hdb := &testenv.ScanHookDB{Beginner: e.Pool}
+	reader := newCounter(t, hdb, e.MC, e.Opts(nil))
+	writer := newCounter(t, e.Pool, e.MC, e.Opts(nil))
 	if _, err := writer.Add(ctx, "visitors", 42); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.mc.Delete(writer.Key("visitors")); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+	if err := e.MC.Delete(writer.Key("visitors")); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatal(err)
 	}
 	read, release := make(chan struct{}), make(chan struct{})
@@ -345,7 +297,7 @@ func TestCounterStaleFill(t *testing.T) {
 			<-release
 		}
 	}
-	hdb.after.Store(&f)
+	hdb.After.Store(&f)
 	got := make(chan int64, 1)
 	go func() {
 		v, err := reader.Get(ctx, "visitors")
@@ -355,7 +307,7 @@ func TestCounterStaleFill(t *testing.T) {
 		got <- v
 	}()
 	<-read
-	hdb.after.Store(nil)
+	hdb.After.Store(nil)
 	if v, err := writer.Add(ctx, "visitors", 1); err != nil || v != 43 {
 		t.Fatalf("Add = %d, %v", v, err)
 	}
@@ -372,7 +324,7 @@ func TestCounterStaleFill(t *testing.T) {
 func TestCounterCacheOnly(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	cc, err := aggregate.NewCacheCounter(e.mc, aggCache(e.opts(nil)))
+	cc, err := aggregate.NewCacheCounter(e.MC, aggCache(e.Opts(nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,10 +377,10 @@ func TestCounterCacheOnly(t *testing.T) {
 func TestCounterCASValue(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	key := e.ns + ":casvalue"
-	o := e.opts(nil)
+	key := e.NS + ":casvalue"
+	o := e.Opts(nil)
 	o.CASRetries = 4
-	v, err := aggregate.CASValue(ctx, e.mc, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
+	v, err := aggregate.CASValue(ctx, e.MC, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
 		if found {
 			t.Errorf("found %q in a fresh key", cur)
 		}
@@ -438,10 +390,10 @@ func TestCounterCASValue(t *testing.T) {
 		t.Fatalf("CASValue on a miss = %q, %v", v, err)
 	}
 	calls := 0
-	_, err = aggregate.CASValue(ctx, e.mc, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
+	_, err = aggregate.CASValue(ctx, e.MC, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
 		calls++
 		// Another writer changes the key between our gets and our cas.
-		if err := e.mc.Set(&memcache.Item{Key: key, Value: []byte(fmt.Sprint("other", calls))}); err != nil {
+		if err := e.MC.Set(&memcache.Item{Key: key, Value: []byte(fmt.Sprint("other", calls))}); err != nil {
 			t.Error(err)
 		}
 		return append(cur, 'x'), nil
@@ -450,13 +402,13 @@ func TestCounterCASValue(t *testing.T) {
 		t.Fatalf("always-conflicting CASValue: err = %v after %d calls; want ErrRetriesExhausted after 4", err, calls)
 	}
 	boom := errors.New("boom")
-	if _, err := aggregate.CASValue(ctx, e.mc, key, aggCache(o), func([]byte, bool) ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
+	if _, err := aggregate.CASValue(ctx, e.MC, key, aggCache(o), func([]byte, bool) ([]byte, error) { return nil, boom }); !errors.Is(err, boom) {
 		t.Fatalf("modify error: %v", err)
 	}
-	if _, err := aggregate.CASValue(ctx, e.mc, "bad key", aggCache(o), func(c []byte, _ bool) ([]byte, error) { return c, nil }); !errors.Is(err, repo.ErrInvalidArgument) {
+	if _, err := aggregate.CASValue(ctx, e.MC, "bad key", aggCache(o), func(c []byte, _ bool) ([]byte, error) { return c, nil }); !errors.Is(err, repo.ErrInvalidArgument) {
 		t.Fatalf("invalid key: %v", err)
 	}
-	v, err = aggregate.CASValue(ctx, e.mc, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
+	v, err = aggregate.CASValue(ctx, e.MC, key, aggCache(o), func(cur []byte, found bool) ([]byte, error) {
 		return append(append([]byte(nil), cur...), '!'), nil
 	})
 	if err != nil || string(v) != "other4!" {
@@ -475,9 +427,9 @@ func TestCounterOutbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := e.opts(nil)
-	o.Repairer = mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
-	c := newCounter(t, e.pool, mc, o)
+	o := e.Opts(nil)
+	o.Repairer = mustRepairer(e.Pool, mc, invalidation.RepairerConfig{})
+	c := newCounter(t, e.Pool, mc, o)
 	if _, err := c.Add(ctx, "visitors", 42); err != nil {
 		t.Fatal(err)
 	}
@@ -507,7 +459,7 @@ func TestCounterOutbox(t *testing.T) {
 	if err := mc.Set(old); err != nil { // the partitioned node kept 42
 		t.Fatal(err)
 	}
-	r := mustRepairer(e.pool, mc, invalidation.RepairerConfig{})
+	r := mustRepairer(e.Pool, mc, invalidation.RepairerConfig{})
 	if n, err := r.RunOnce(ctx, 0); err != nil || n != 1 {
 		t.Fatalf("repair: %d rows, %v", n, err)
 	}

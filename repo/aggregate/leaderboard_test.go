@@ -1,4 +1,4 @@
-package repo_test
+package aggregate_test
 
 import (
 	"bufio"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/aggregate"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 )
 
 func newLeaderboard(t testing.TB, db repo.DB, mc repo.Cache, cfg aggregate.LeaderboardConfig, o *repo.Options) *aggregate.Leaderboard {
@@ -33,7 +34,7 @@ func newLeaderboard(t testing.TB, db repo.DB, mc repo.Cache, cfg aggregate.Leade
 // dbTop is the reference: ORDER BY score DESC, player LIMIT n.
 func dbTop(t testing.TB, e *env, board string, n int) []aggregate.Entry {
 	t.Helper()
-	rows, err := e.pool.Query(context.Background(),
+	rows, err := e.Pool.Query(context.Background(),
 		`SELECT player, score FROM scores WHERE board = $1 ORDER BY score DESC, player LIMIT $2`, board, n)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +83,7 @@ func checkBoard(t *testing.T, e *env, lb *aggregate.Leaderboard, board string, n
 func TestLeaderboardBasic(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, Slack: 1}, e.opts(nil))
+	lb := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: 1}, e.Opts(nil))
 	const b = "game"
 	steps := []struct {
 		player string
@@ -144,7 +145,7 @@ func TestLeaderboardBasic(t *testing.T) {
 func TestLeaderboardComplete(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
+	lb := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: 2}, e.Opts(nil))
 	const b = "small"
 	if err := lb.Submit(ctx, b, "p1", 10); err != nil {
 		t.Fatal(err)
@@ -175,7 +176,7 @@ func TestLeaderboardComplete(t *testing.T) {
 func TestLeaderboardDropOut(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, Slack: 2}, e.opts(nil))
+	lb := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: 2}, e.Opts(nil))
 	const b = "drop"
 	for i := 1; i <= 20; i++ {
 		if err := lb.Submit(ctx, b, fmt.Sprintf("p%02d", i), int64(100+i)); err != nil {
@@ -203,10 +204,10 @@ func TestLeaderboardDropOut(t *testing.T) {
 func TestLeaderboardStaleUpdate(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hdb := &scanHookDB{Beginner: e.pool}
+	hdb := &testenv.ScanHookDB{Beginner: e.Pool}
 	cfg := aggregate.LeaderboardConfig{Size: 2, Slack: -1}
-	slow := newLeaderboard(t, hdb, e.mc, cfg, e.opts(nil))
-	fast := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	slow := newLeaderboard(t, hdb, e.MC, cfg, e.Opts(nil))
+	fast := newLeaderboard(t, e.Pool, e.MC, cfg, e.Opts(nil))
 	const b = "stale"
 	for p, s := range map[string]int64{"p1": 100, "p2": 90, "p3": 80} {
 		if err := fast.Submit(ctx, b, p, s); err != nil {
@@ -222,11 +223,11 @@ func TestLeaderboardStaleUpdate(t *testing.T) {
 			<-release
 		}
 	}
-	hdb.after.Store(&f)
+	hdb.After.Store(&f)
 	done := make(chan error, 1)
 	go func() { done <- slow.Submit(ctx, b, "x", 95) }()
 	<-committed
-	hdb.after.Store(nil)
+	hdb.After.Store(nil)
 	if err := fast.Submit(ctx, b, "x", 10); err != nil { // below the list: no change to it
 		t.Fatal(err)
 	}
@@ -247,10 +248,10 @@ func TestLeaderboardStaleUpdate(t *testing.T) {
 func TestLeaderboardRebuildRace(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hdb := &scanHookDB{Beginner: e.pool}
+	hdb := &testenv.ScanHookDB{Beginner: e.Pool}
 	cfg := aggregate.LeaderboardConfig{Size: 2, Slack: 1}
-	reader := newLeaderboard(t, hdb, e.mc, cfg, e.opts(nil))
-	writer := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	reader := newLeaderboard(t, hdb, e.MC, cfg, e.Opts(nil))
+	writer := newLeaderboard(t, e.Pool, e.MC, cfg, e.Opts(nil))
 	const b = "race"
 	for i := 1; i <= 5; i++ {
 		if err := writer.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
@@ -264,7 +265,7 @@ func TestLeaderboardRebuildRace(t *testing.T) {
 			<-release
 		}
 	}
-	hdb.after.Store(&f)
+	hdb.After.Store(&f)
 	done := make(chan []aggregate.Entry, 1)
 	go func() {
 		got, err := reader.Top(ctx, b, 2)
@@ -274,7 +275,7 @@ func TestLeaderboardRebuildRace(t *testing.T) {
 		done <- got
 	}()
 	<-read // the rebuild holds the lease and has read the table
-	hdb.after.Store(nil)
+	hdb.After.Store(nil)
 	if err := writer.Submit(ctx, b, "p1", 1000); err != nil {
 		t.Fatal(err)
 	}
@@ -308,8 +309,8 @@ func (h *lbGetHookCache) Get(key string) (*memcache.Item, error) {
 func TestLeaderboardLocalTTLRace(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
-	hc := &lbGetHookCache{Cache: e.mc}
-	lb := newLeaderboard(t, e.pool, hc, aggregate.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}, e.opts(nil))
+	hc := &lbGetHookCache{Cache: e.MC}
+	lb := newLeaderboard(t, e.Pool, hc, aggregate.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}, e.Opts(nil))
 	const b = "localrace"
 	for i := 1; i <= 5; i++ {
 		if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
@@ -361,7 +362,7 @@ func TestLeaderboardAppendTop(t *testing.T) {
 		t.Run("LocalTTL="+ttl.String(), func(t *testing.T) {
 			ctx := context.Background()
 			e := newEnv(t)
-			lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 3, LocalTTL: ttl}, e.opts(nil))
+			lb := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, LocalTTL: ttl}, e.Opts(nil))
 			const b = "append"
 			for i := 1; i <= 5; i++ {
 				if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
@@ -453,13 +454,13 @@ func TestLeaderboardConcurrent(t *testing.T) {
 	hooks := make([]*hookLog, instances)
 	for i := range lbs {
 		hooks[i] = &hookLog{}
-		lbs[i] = newLeaderboard(t, e.pool, newClient(t, mp.Addr()), cfg, e.opts(hooks[i]))
+		lbs[i] = newLeaderboard(t, e.Pool, newClient(t, mp.Addr()), cfg, e.Opts(hooks[i]))
 	}
 	boardName := func(i int) string { return "board" + strconv.Itoa(i) }
 
 	// Fill the tiny cache until it evicts, so the run below starts under
 	// eviction pressure whatever the machine's speed.
-	fillUntilEvicting(t, filler, mp.Addr(), e.ns+":prefill")
+	fillUntilEvicting(t, filler, mp.Addr(), e.NS+":prefill")
 
 	stop := make(chan struct{})
 	var bg sync.WaitGroup
@@ -473,7 +474,7 @@ func TestLeaderboardConcurrent(t *testing.T) {
 				return
 			default:
 			}
-			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:filler:%d", e.ns, n), Value: val})
+			_ = filler.Set(&memcache.Item{Key: fmt.Sprintf("%s:filler:%d", e.NS, n), Value: val})
 			if n%500 == 0 {
 				_ = filler.Delete(lbs[0].Key(boardName(rand.IntN(boards))))
 			}
@@ -557,8 +558,8 @@ func TestLeaderboardConcurrent(t *testing.T) {
 		conflicts += st.CASConflicts
 		rebuilds += st.Rebuilds
 		drops += st.Drops
-		for _, ev := range hooks[i].all() {
-			if errors.Is(ev.err, memcache.ErrCacheMiss) {
+		for _, ev := range hooks[i].All() {
+			if errors.Is(ev.Err, memcache.ErrCacheMiss) {
 				t.Errorf("hook saw a cache miss as an error: %v", ev)
 			}
 		}
@@ -578,8 +579,8 @@ func TestLeaderboardLocalTTL(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	cfg := aggregate.LeaderboardConfig{Size: 3, LocalTTL: time.Hour}
-	lb := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
-	other := newLeaderboard(t, e.pool, e.mc, cfg, e.opts(nil))
+	lb := newLeaderboard(t, e.Pool, e.MC, cfg, e.Opts(nil))
+	other := newLeaderboard(t, e.Pool, e.MC, cfg, e.Opts(nil))
 	const b = "local"
 	for i := 1; i <= 5; i++ {
 		if err := lb.Submit(ctx, b, "p"+strconv.Itoa(i), int64(i)); err != nil {
@@ -615,11 +616,11 @@ func TestLeaderboardLocalTTL(t *testing.T) {
 // row's, or a cached list could order the removal after the new score.
 func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
 	e := newEnv(t)
-	lb := newLeaderboard(t, e.pool, e.mc, aggregate.LeaderboardConfig{Size: 10}, e.opts(nil))
+	lb := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 10}, e.Opts(nil))
 	if err := lb.Submit(ctx, "b", "p1", 10); err != nil {
 		t.Fatal(err)
 	}
-	tx, err := e.pool.Begin(ctx)
+	tx, err := e.Pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -629,7 +630,7 @@ func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- lb.Submit(ctx, "b", "p1", 50) }() // waits for the lock
-	waitForLockWait(t, e)
+	e.WaitForLockWait(t)
 	var deleted int64
 	if _, err := tx.Exec(ctx, `UPDATE scores SET score = 11, version = DEFAULT WHERE board = 'b' AND player = 'p1'`); err != nil {
 		t.Fatal(err)
@@ -644,7 +645,7 @@ func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var score, version int64
-	if err := e.pool.QueryRow(ctx, `SELECT score, version FROM scores WHERE board = 'b' AND player = 'p1'`).Scan(&score, &version); err != nil {
+	if err := e.Pool.QueryRow(ctx, `SELECT score, version FROM scores WHERE board = 'b' AND player = 'p1'`).Scan(&score, &version); err != nil {
 		t.Fatal(err)
 	}
 	if score != 50 || version <= deleted {
