@@ -38,7 +38,7 @@ vet:
 
 ## bench: benchmarks of the repository layer
 bench:
-	$(GO) test -run='^$$' -bench=. -benchmem ./repo/
+	$(GO) test -run='^$$' -bench=. -benchmem ./repo/...
 
 ## fuzz: short runs of the fuzz targets ($(FUZZTIME) each)
 fuzz:
