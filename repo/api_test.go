@@ -359,3 +359,36 @@ func TestNewNamesUnsupportedField(t *testing.T) {
 		t.Fatalf("New with a chan field: %v, want an error naming the field, its type and Table.Codec", err)
 	}
 }
+
+// No row key can equal a library key: a text key named like the table's
+// generation (or the breaker's probe) is an ordinary row, and InvalidateAll
+// keeps working.
+func TestLibraryKeysApartFromRowKeys(t *testing.T) {
+	e := newEnv(t)
+	e.Exec(t, `CREATE TABLE notes (id text PRIMARY KEY, body text NOT NULL)`)
+	names := []string{"generation", "probe", "0:generation", ":probe", "lease", "g"}
+	for _, n := range names {
+		e.Exec(t, `INSERT INTO notes (id, body) VALUES ($1, $2)`, n, "body of "+n)
+	}
+	s, err := repo.New(e.Pool, e.MC, repo.Table[Note, string]{Name: "notes", Key: []string{"id"}, Columns: []string{"id", "body"}}, e.Opts(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 {
+		for _, n := range names {
+			if got, err := s.Get(ctx, n); err != nil || got.Body != "body of "+n {
+				t.Fatalf("round %d: Get(%q) = %+v, %v", round, n, got, err)
+			}
+		}
+		before := s.Key("generation")
+		if err := s.InvalidateAll(ctx); err != nil {
+			t.Fatalf("round %d: InvalidateAll with a row keyed \"generation\" cached: %v", round, err)
+		}
+		if s.Key("generation") == before {
+			t.Fatalf("round %d: InvalidateAll did not change the keys", round)
+		}
+	}
+	if st := s.Stats(); st.CacheErrors != 0 {
+		t.Fatalf("stats %+v: cache errors", st)
+	}
+}

@@ -61,13 +61,21 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
+	// The generation lives beside the rows, under a version part ("g")
+	// that no row key has ("c" and the codec's fingerprint), so no key value
+	// can be mistaken for it; and it is shared by every row type of the
+	// table.
+	gk, err := cachekeys.New(cfg.Namespace, protocol.KeyName(table.Name), "g")
+	if err != nil {
+		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
+	}
 	var rec protocol.Recovery
 	outbox := ""
 	if r := opts.repairer(); r != nil {
 		rec, outbox = r, r.Table()
 	}
 	s := &Store[T, K]{c: protocol.New(cache, cfg, rec), db: db, t: c, codec: cd,
-		gen: protocol.NewGeneration(kb, opts.generationRefresh()), w: newWriteSQL(c, outbox)}
+		gen: protocol.NewGeneration(kb, gk.Key("generation"), opts.generationRefresh()), w: newWriteSQL(c, outbox)}
 	return s, nil
 }
 

@@ -109,6 +109,7 @@ type compiled[T any, K comparable] struct {
 	values     func(*T) []any
 	versionOf  func(*T) int64
 	keyTypes   []string
+	keyParsers []func(string, reflect.Value) error // for keys from the WAL; nil if K cannot be parsed
 	load       func(ctx context.Context, db DB, k K) (T, error)
 	loadMany   func(ctx context.Context, db DB, keys []K) ([]T, error)
 
@@ -214,6 +215,7 @@ func compile[T any, K comparable](t Table[T, K]) (*compiled[T, K], error) {
 	if err := c.compileKey(rt); err != nil {
 		return nil, err
 	}
+	c.compileKeyParsers()
 	c.buildSQL()
 	return c, nil
 }

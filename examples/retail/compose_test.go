@@ -68,6 +68,10 @@ func TestComposeServices(t *testing.T) {
 	if img := c.Services["postgres"].Image; !strings.HasPrefix(img, "postgres:15") {
 		t.Errorf("postgres image %q: want postgres:15 (the version the tests run against)", img)
 	}
+	// The WAL invalidator needs logical replication, as the test servers have.
+	if cmd := strings.Join(c.Services["postgres"].Command, " "); !strings.Contains(cmd, "wal_level=logical") || !strings.Contains(cmd, "max_replication_slots=") {
+		t.Errorf("postgres command %q: want -c wal_level=logical and max_replication_slots", cmd)
+	}
 	if img := c.Services["memcached"].Image; !strings.HasPrefix(img, "memcached:1.6") {
 		t.Errorf("memcached image %q: want memcached:1.6", img)
 	}

@@ -14,6 +14,7 @@ package aggregate
 import (
 	"time"
 
+	"github.com/cachedrepo/cachedrepo/cachekeys"
 	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
 	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
@@ -52,4 +53,19 @@ func newCore(cache protocol.Cache, cfg CacheConfig, name string, db protocol.Exe
 	c := protocol.New(cache, cfg.protocol(name), r)
 	c.RecordLost(db, r.Ident())
 	return c
+}
+
+// generation returns the key generation of an aggregate over table whose
+// keys carry version: InvalidateAll bumps it (after a TRUNCATE seen by the
+// WAL invalidator), as a Store's does.
+func generation(core *protocol.Core, table, version string) (*protocol.Generation, error) {
+	kb, err := cachekeys.New(core.Opt.Namespace, protocol.KeyName(table), version)
+	if err != nil {
+		return nil, err
+	}
+	gk, err := cachekeys.New(core.Opt.Namespace, protocol.KeyName(table), "g")
+	if err != nil {
+		return nil, err
+	}
+	return protocol.NewGeneration(kb, gk.Key("generation"), time.Second), nil
 }

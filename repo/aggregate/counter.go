@@ -11,7 +11,6 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/cachedrepo/cachedrepo/cachekeys"
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
 	"github.com/cachedrepo/cachedrepo/repo/invalidation"
@@ -52,7 +51,7 @@ type Counter struct {
 	core  *protocol.Core
 	db    repo.DB
 	table string
-	keys  cachekeys.Builder
+	keys  *protocol.Generation // the key builder of the current generation
 
 	flights [flightShards]flightShard
 
@@ -90,7 +89,7 @@ func NewCounter(db repo.DB, cache repo.Cache, cfg CounterConfig) (*Counter, erro
 		return nil, fmt.Errorf("aggregate: counter table: %w", err)
 	}
 	core := newCore(cache, cfg.Cache, cfg.Table, db, cfg.Repairer)
-	kb, err := cachekeys.New(core.Opt.Namespace, protocol.KeyName(cfg.Table), "n1")
+	keys, err := generation(core, cfg.Table, "n1")
 	if err != nil {
 		return nil, fmt.Errorf("aggregate: counter table %q: %w", cfg.Table, err)
 	}
@@ -99,7 +98,7 @@ func NewCounter(db repo.DB, cache repo.Cache, cfg CounterConfig) (*Counter, erro
 		core:   core,
 		db:     db,
 		table:  cfg.Table,
-		keys:   kb,
+		keys:   keys,
 		update: "UPDATE " + t + " SET value = value + $2, version = DEFAULT WHERE name = $1 RETURNING value, version",
 		upsert: "INSERT INTO " + t + " AS c (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE" +
 			" SET value = c.value + EXCLUDED.value, version = DEFAULT RETURNING value, version",
@@ -112,7 +111,7 @@ func (c *Counter) Stats() observe.Stats { return c.core.Snapshot() }
 
 // Key returns the cache key of the counter name: the supported way to
 // inspect or delete it by hand.
-func (c *Counter) Key(name string) string { return c.keys.Key(name) }
+func (c *Counter) Key(name string) string { return c.keys.Builder(c.core).Key(name) }
 
 func (c *Counter) opErr(op observe.Op, name string, err error) error {
 	return &repo.OpError{Op: op, Table: c.table, Key: name, Err: err}

@@ -136,7 +136,7 @@ type Leaderboard struct {
 	size     int
 	capacity int // Size + Slack
 	localTTL time.Duration
-	keys     cachekeys.Builder
+	keys     *protocol.Generation // the key builder of the current generation
 	seed     maphash.Seed
 	memo     [lbSlots]lbSlot // decoded lists by board hash (see lbMemo)
 
@@ -171,7 +171,7 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 	}
 	core := newCore(cache, cfg.Cache, cfg.Table, db, cfg.Repairer)
 	capacity := cfg.Size + cfg.Slack
-	kb, err := cachekeys.New(core.Opt.Namespace, protocol.KeyName(cfg.Table), "lb1-"+strconv.Itoa(cfg.Size)+"-"+strconv.Itoa(capacity))
+	keys, err := generation(core, cfg.Table, "lb1-"+strconv.Itoa(cfg.Size)+"-"+strconv.Itoa(capacity))
 	if err != nil {
 		return nil, fmt.Errorf("aggregate: leaderboard %q: %w", cfg.Table, err)
 	}
@@ -183,7 +183,7 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 		size:     cfg.Size,
 		capacity: capacity,
 		localTTL: max(cfg.LocalTTL, 0),
-		keys:     kb,
+		keys:     keys,
 		seed:     maphash.MakeSeed(),
 		// The version of an inserted row is drawn only after locking the
 		// player's current row, if any: an insert that waited for a
@@ -208,7 +208,7 @@ func (lb *Leaderboard) Stats() observe.Stats { return lb.core.Snapshot() }
 
 // Key returns the cache key of board's list: the supported way to inspect
 // or delete it by hand.
-func (lb *Leaderboard) Key(board string) string { return lb.keys.Key(board) }
+func (lb *Leaderboard) Key(board string) string { return lb.keys.Builder(lb.core).Key(board) }
 
 // Size returns the configured Size: the largest n Top accepts.
 func (lb *Leaderboard) Size() int { return lb.size }
@@ -389,11 +389,15 @@ func (lb *Leaderboard) list(ctx context.Context, board string) (*lbList, error) 
 		lb.core.Hit(ctx, m.key)
 		return m.list, nil
 	}
+	// The key of the current generation; the slot's key string is reused
+	// when it is that key, so a hit allocates nothing for it.
+	var buf [cachekeys.MaxKeyLen]byte
+	kb := lb.keys.Builder(lb.core).AppendKey(buf[:0], board)
 	key := ""
-	if m != nil {
+	if m != nil && m.key == string(kb) {
 		key = m.key
 	} else {
-		key = lb.Key(board)
+		key = string(kb)
 	}
 	v, hit, ok := lb.core.Read(ctx, key, func(it *memcache.Item) (any, bool) {
 		if l, found := lb.open(s, board, it); found {
@@ -532,6 +536,13 @@ func (lb *Leaderboard) slot(board string) *lbSlot {
 func (lb *Leaderboard) forget(board string) {
 	if lb.localTTL > 0 {
 		lb.slot(board).gen.Add(1)
+	}
+}
+
+// forgetAll is forget for every board (after InvalidateAll).
+func (lb *Leaderboard) forgetAll() {
+	for i := range lb.memo {
+		lb.memo[i].gen.Add(1)
 	}
 }
 

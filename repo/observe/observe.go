@@ -105,6 +105,7 @@ const (
 	StepLease      Step = "lease"      // taking a key's lease
 	StepOutbox     Step = "outbox"     // recording or replaying a key in the outbox
 	StepGeneration Step = "generation" // reading or bumping a table's key generation
+	StepWAL        Step = "wal"        // the WAL invalidator's connection or cache step (retried)
 )
 
 // Event is one thing a hook is told.

@@ -183,6 +183,14 @@ func (s *pgServer) start(as *runAs) error {
 		"-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off",
 		"-c", "autovacuum=off",
+		// Logical replication, for the WAL invalidator's tests: each test
+		// database may hold a slot of its own.
+		"-c", "wal_level=logical",
+		"-c", "max_replication_slots=64",
+		"-c", "max_wal_senders=64",
+		// With synchronous_commit off, WAL reaches the WAL senders when the
+		// WAL writer flushes it: every 10ms instead of 200ms.
+		"-c", "wal_writer_delay=10ms",
 		"-c", "max_wal_size=1GB",
 		"-c", "logging_collector=off",
 		"-c", "log_min_messages=warning",

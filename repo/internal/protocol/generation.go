@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,9 +35,10 @@ type genState struct {
 }
 
 // NewGeneration returns the generation of the table whose generation-0 keys
-// base builds, re-read from the cache every refresh.
-func NewGeneration(base cachekeys.Builder, refresh time.Duration) *Generation {
-	g := &Generation{base: base, key: base.Key("generation"), refresh: refresh}
+// base builds, kept under key (which no row key may equal) and re-read from
+// the cache every refresh.
+func NewGeneration(base cachekeys.Builder, key string, refresh time.Duration) *Generation {
+	g := &Generation{base: base, key: key, refresh: refresh}
 	g.cur.Store(&genState{keys: base}) // checked is zero: the first use reads it
 	return g
 }
@@ -65,8 +67,15 @@ func (g *Generation) Builder(c *Core) cachekeys.Builder {
 // stores it. On a cache failure it keeps the current one and tries again
 // after refresh.
 func (g *Generation) read(c *Core) *genState {
+	st, _ := g.readErr(c)
+	return st
+}
+
+// readErr is read, also returning why the generation could not be read.
+func (g *Generation) readErr(c *Core) (*genState, error) {
 	now := time.Now()
 	st := &genState{keys: g.cur.Load().keys, checked: now}
+	failed := errors.New("repo: key generation unreadable")
 	for try := 0; try < 3; try++ {
 		it, err := c.Cache.Get(g.key)
 		if IsMiss(err) {
@@ -77,6 +86,7 @@ func (g *Generation) read(c *Core) *genState {
 		}
 		if err != nil {
 			c.CacheErr(context.Background(), observe.StepGeneration, g.key, err)
+			failed = err
 			break
 		}
 		n, perr := strconv.ParseUint(string(it.Value), 10, 64)
@@ -86,10 +96,21 @@ func (g *Generation) read(c *Core) *genState {
 			continue
 		}
 		st.keys = g.base.WithGeneration(n)
+		failed = nil
 		break
 	}
 	g.cur.Store(st)
-	return st
+	return st, failed
+}
+
+// Refresh re-reads the generation from the cache now and returns its key
+// builder; it fails if the cache cannot be read (a guessed generation could
+// miss keys).
+func (g *Generation) Refresh(c *Core) (cachekeys.Builder, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st, err := g.readErr(c)
+	return st.keys, err
 }
 
 // Bump increments the generation and adopts it at once in this process.

@@ -1,0 +1,2 @@
+DROP TRIGGER counters_version ON counters;
+DROP FUNCTION cachedrepo_bump_version();

@@ -1,0 +1,434 @@
+package invalidation_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/aggregate"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
+	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+)
+
+type product struct {
+	ID            int64     `db:"id"`
+	ArticleNumber string    `db:"article_number"`
+	Name          string    `db:"name"`
+	CategoryID    int64     `db:"category_id"`
+	PriceCents    int64     `db:"price_cents"`
+	UpdatedAt     time.Time `db:"updated_at"`
+	Version       int64     `db:"version"`
+}
+
+type stockKey struct{ ArticleNumber, UOM, StoreCode string }
+
+type stock struct {
+	ArticleNumber string    `db:"article_number"`
+	UOM           string    `db:"uom"`
+	StoreCode     string    `db:"store_code"`
+	Quantity      int32     `db:"quantity"`
+	UpdatedAt     time.Time `db:"updated_at"`
+	Version       int64     `db:"version"`
+}
+
+// walRig is a test's stores, aggregates and a running WAL invalidator.
+type walRig struct {
+	e        *testenv.Env
+	products *repo.Store[product, int64]
+	stock    *repo.Store[stock, stockKey]
+	counter  *aggregate.Counter
+	board    *aggregate.Leaderboard
+	wal      *invalidation.WAL
+	stop     func()
+	markers  int64 // marker changes committed by applied
+}
+
+// slotName is a replication slot name of the test's own: slots are
+// per server, not per database.
+func slotName(e *testenv.Env) string {
+	return "t_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToLower(e.NS))
+}
+
+func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig {
+	t.Helper()
+	e := testenv.New(t)
+	r := &walRig{e: e}
+	var err error
+	o := e.Opts(nil)
+	if r.products, err = repo.New(e.Pool, e.MC, repo.Table[product, int64]{Name: "products", Key: []string{"id"},
+		Columns: []string{"id", "article_number", "name", "category_id", "price_cents", "updated_at", "version"}, Version: "version"}, o); err != nil {
+		t.Fatal(err)
+	}
+	if r.stock, err = repo.New(e.Pool, e.MC, repo.Table[stock, stockKey]{Name: "public.stock", Key: []string{"article_number", "uom", "store_code"},
+		Columns: []string{"article_number", "uom", "store_code", "quantity", "updated_at", "version"}, Version: "version"}, o); err != nil {
+		t.Fatal(err)
+	}
+	cache := aggregate.CacheConfig{Namespace: e.NS}
+	if r.counter, err = aggregate.NewCounter(e.Pool, e.MC, aggregate.CounterConfig{Cache: cache}); err != nil {
+		t.Fatal(err)
+	}
+	if r.board, err = aggregate.NewLeaderboard(e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Cache: cache}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnString = e.URL
+	cfg.Slot = slotName(e)
+	cfg.Targets = []invalidation.Target{r.products, r.stock, r.counter, r.board}
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = 100 * time.Millisecond
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = 100 * time.Millisecond
+	}
+	if r.wal, err = invalidation.NewWAL(cfg); err != nil {
+		t.Fatal(err)
+	}
+	r.stop = r.run(t, r.wal)
+	t.Cleanup(func() {
+		r.stop()
+		dropSlot(t, e, cfg.Slot)
+	})
+	waitFor(t, "the invalidator to hold its slot", func() bool { return r.wal.Stats().Holding })
+	return r
+}
+
+// run starts w and returns a function that stops it and waits for it.
+func (r *walRig) run(t *testing.T, w *invalidation.WAL) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("WAL.Run returned %v, want context.Canceled", err)
+			}
+		})
+	}
+}
+
+func dropSlot(t *testing.T, e *testenv.Env, slot string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := e.Pool.Exec(context.Background(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		if err == nil || time.Now().After(deadline) {
+			if err != nil {
+				t.Errorf("dropping slot %s: %v", slot, err)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // the walsender may still hold it for a moment
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// applied waits until the invalidator has applied every change committed so
+// far: it commits a marker change to a target table (counters) and waits
+// for the invalidator to confirm a position past it (it confirms commits in
+// order, and only after their cache step).
+func (r *walRig) applied(t *testing.T) {
+	t.Helper()
+	// The insert position read inside the marker's transaction is past every
+	// earlier commit and before the marker's own commit record.
+	var lsn string
+	err := r.e.Pool.QueryRow(context.Background(), `WITH m AS (INSERT INTO counters (name) VALUES ('wal-marker')
+		ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING 1)
+		SELECT pg_current_wal_insert_lsn()::text FROM m`).Scan(&lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.markers++
+	waitFor(t, "the invalidator to pass "+lsn, func() bool {
+		var done bool
+		err := r.e.Pool.QueryRow(context.Background(), `SELECT $1::pg_lsn < $2::pg_lsn`, lsn, r.wal.Stats().ConfirmedLSN).Scan(&done)
+		return err == nil && done
+	})
+}
+
+// Changes made behind the stores' backs (plain SQL) reach the cache: an
+// update, a delete, an insert over a cached "not found", a key change, a
+// composite key, a counter and a score changed by SQL, a TRUNCATE, and
+// changes to a table that is no target (ignored).
+func TestWALBehindTheBack(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	e := r.e
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (1, 'A1', 'one', 1, 100), (2, 'A2', 'two', 1, 200)`)
+	e.Exec(t, `INSERT INTO stock (article_number, uom, store_code, quantity) VALUES ('A1', 'EA', 'S001', 5)`)
+	sk := stockKey{"A1", "EA", "S001"}
+	if _, err := r.counter.Add(ctx, "visitors", 42); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.board.Submit(ctx, "b", "p1", 10); err != nil {
+		t.Fatal(err)
+	}
+	// Everything cached, including a "not found" for product 3.
+	read := func() (p1, p2 product, p3err error, s stock, n int64, top []aggregate.Entry) {
+		t.Helper()
+		var err error
+		if p1, err = r.products.Get(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		p2, _ = r.products.Get(ctx, 2)
+		_, p3err = r.products.Get(ctx, 3)
+		if s, err = r.stock.Get(ctx, sk); err != nil {
+			t.Fatal(err)
+		}
+		if n, err = r.counter.Get(ctx, "visitors"); err != nil {
+			t.Fatal(err)
+		}
+		if top, err = r.board.Top(ctx, "b", 3); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	read()
+	before := r.products.Stats()
+
+	// A table in the publication that is no target: its changes are
+	// ignored, and counted.
+	e.Exec(t, `ALTER PUBLICATION cachedrepo ADD TABLE categories`)
+	e.Exec(t, `UPDATE products SET name = 'renamed' WHERE id = 1`) // no version = DEFAULT: the trigger bumps it
+	e.Exec(t, `DELETE FROM products WHERE id = 2`)
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (3, 'A3', 'three', 1, 300)`)
+	e.Exec(t, `UPDATE stock SET quantity = 9 WHERE article_number = 'A1'`)
+	e.Exec(t, `UPDATE counters SET value = 100 WHERE name = 'visitors'`)
+	e.Exec(t, `UPDATE scores SET score = 99 WHERE board = 'b'`)
+	e.Exec(t, `UPDATE categories SET name = 'tools!' WHERE id = 1`) // not a target
+	r.applied(t)
+
+	p1, p2, p3err, s, n, top := read()
+	if p1.Name != "renamed" || p2.ID != 0 || p3err != nil || s.Quantity != 9 || n != 100 || len(top) != 1 || top[0].Score != 99 {
+		t.Fatalf("after the invalidator: p1 %q, p2 %+v, p3 %v, stock %d, counter %d, top %+v", p1.Name, p2, p3err, s.Quantity, n, top)
+	}
+	if after := r.products.Stats(); after.DBReads-before.DBReads != 3 {
+		t.Errorf("products read the database %d times after the changes, want 3 (the changed keys only)", after.DBReads-before.DBReads)
+	}
+
+	// A key change: the old key is gone, the new one is read afresh.
+	e.Exec(t, `UPDATE products SET id = 10 WHERE id = 1`)
+	r.applied(t)
+	if _, err := r.products.Get(ctx, 1); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("old key after a key change: %v", err)
+	}
+	if p, err := r.products.Get(ctx, 10); err != nil || p.Name != "renamed" {
+		t.Fatalf("new key after a key change: %+v %v", p, err)
+	}
+
+	// TRUNCATE: the table's generation.
+	if _, err := r.stock.Get(ctx, sk); err != nil {
+		t.Fatal(err)
+	}
+	e.Exec(t, `TRUNCATE stock`)
+	r.applied(t)
+	if _, err := r.stock.Get(ctx, sk); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("after TRUNCATE: %v", err)
+	}
+	st := r.wal.Stats()
+	if st.Ignored == 0 || st.Truncates != 1 || st.Changes < 7 {
+		t.Fatalf("stats %+v: want ignored changes, one truncate, at least 7 changes", st)
+	}
+	fmt.Printf("wal: behind-back changes=%d ignored=%d truncates=%d lag_p50_ms=%.1f lag_p99_ms=%.1f\n",
+		st.Changes, st.Ignored, st.Truncates, ms(st.LagP50), ms(st.LagP99))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// The store's write-through values survive the invalidator: a write's own
+// WAL change is not newer than what the write put in the cache.
+func TestWALKeepsWriteThrough(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	r.e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (1, 'A1', 'one', 1, 100)`)
+	// The insert's own change must have been applied before the read: it
+	// deletes a fill's lease that it finds, as it must (the filler may have
+	// read before the insert), and then nothing would be cached to survive.
+	r.applied(t)
+	if _, err := r.products.Get(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := r.products.Update(ctx, 1, func(p *product) error { p.PriceCents = int64(i); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.applied(t)
+	before := r.products.Stats()
+	if p, err := r.products.Get(ctx, 1); err != nil || p.PriceCents != 4 {
+		t.Fatalf("after the updates: %+v %v", p, err)
+	}
+	if st := r.products.Stats(); st.Hits-before.Hits != 1 || st.DBReads != before.DBReads {
+		t.Fatalf("stats %+v then %+v: the write-through value did not survive the invalidator", before, st)
+	}
+}
+
+// Nothing is lost while the cache is unreachable, nor across a restart of
+// the invalidator: a change is confirmed only after its cache step, and the
+// slot replays what was not confirmed.
+func TestWALConfirmsAfterTheCacheStep(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	e := r.e
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (1, 'A1', 'one', 1, 100)`)
+	if _, err := r.products.Get(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	r.applied(t)
+	r.stop()
+
+	// A second invalidator over a dead cache takes the slot: it cannot
+	// apply the change, so it must not confirm it.
+	dead, err := testenv.CacheClient(2, 50*time.Millisecond, "127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := e.Opts(nil)
+	deadStore, err := repo.New(e.Pool, dead, repo.Table[product, int64]{Name: "products", Key: []string{"id"},
+		Columns: []string{"id", "article_number", "name", "category_id", "price_cents", "updated_at", "version"}, Version: "version"}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, err := invalidation.NewWAL(invalidation.WALConfig{ConnString: e.URL, Slot: slotName(e), Targets: []invalidation.Target{deadStore},
+		StatusInterval: 50 * time.Millisecond, RetryInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop2 := r.run(t, w2)
+	waitFor(t, "the second invalidator to hold the slot", func() bool { return w2.Stats().Holding })
+	e.Exec(t, `UPDATE products SET name = 'while down' WHERE id = 1`)
+	time.Sleep(500 * time.Millisecond)
+	if st := w2.Stats(); st.Transactions != 0 || st.Changes != 0 {
+		t.Fatalf("an invalidator over a dead cache applied %+v", st)
+	}
+	stop2()
+
+	// A third, over the real cache, replays the unconfirmed change.
+	w3, err := invalidation.NewWAL(invalidation.WALConfig{ConnString: e.URL, Slot: slotName(e), Targets: []invalidation.Target{r.products},
+		StatusInterval: 50 * time.Millisecond, RetryInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop3 := r.run(t, w3)
+	defer stop3()
+	r.wal = w3
+	r.applied(t)
+	if p, err := r.products.Get(ctx, 1); err != nil || p.Name != "while down" {
+		t.Fatalf("after the replay: %+v %v", p, err)
+	}
+}
+
+// Several invalidators may run: one holds the slot, the others take over
+// when it stops.
+func TestWALStandbyTakesOver(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	e := r.e
+	standby, err := invalidation.NewWAL(invalidation.WALConfig{ConnString: e.URL, Slot: slotName(e),
+		Targets:        []invalidation.Target{r.products},
+		StatusInterval: 50 * time.Millisecond, RetryInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopStandby := r.run(t, standby)
+	defer stopStandby()
+	time.Sleep(300 * time.Millisecond)
+	if standby.Stats().Holding {
+		t.Fatal("the standby holds the slot while the first invalidator runs")
+	}
+	r.stop()
+	waitFor(t, "the standby to take the slot", func() bool { return standby.Stats().Holding })
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (1, 'A1', 'one', 1, 100)`)
+	if _, err := r.products.Get(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	e.Exec(t, `UPDATE products SET name = 'by the standby' WHERE id = 1`)
+	r.wal = standby
+	r.applied(t)
+	if p, err := r.products.Get(ctx, 1); err != nil || p.Name != "by the standby" {
+		t.Fatalf("after the standby's step: %+v %v", p, err)
+	}
+	if st, err := standby.SlotStatus(ctx); err != nil || !st.Exists || !st.Active {
+		t.Fatalf("slot status %+v %v", st, err)
+	}
+}
+
+// The invalidator under load: many plain-SQL writers on a few hot keys while
+// readers fill the cache; once the invalidator has caught up, every cached
+// key equals the database.
+func TestWALUnderLoad(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	e := r.e
+	const keys = 20
+	for i := 1; i <= keys; i++ {
+		e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'p', 1, 0)`, i, fmt.Sprint("A", i))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var writes atomic.Int64 // committed UPDATEs
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				id := 1 + (w*7+n)%keys
+				if _, err := e.Pool.Exec(ctx, `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1`, id); err == nil {
+					writes.Add(1)
+				}
+			}
+		}()
+	}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				_, _ = r.products.Get(ctx, int64(1+n%keys))
+			}
+		}()
+	}
+	wg.Wait()
+	r.applied(t)
+	stale := 0
+	var lagged []int
+	for i := 1; i <= keys; i++ {
+		var want int64
+		if err := e.Pool.QueryRow(context.Background(), `SELECT price_cents FROM products WHERE id = $1`, i).Scan(&want); err != nil {
+			t.Fatal(err)
+		}
+		p, err := r.products.Get(context.Background(), int64(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.PriceCents != want {
+			stale++
+			lagged = append(lagged, i)
+		}
+	}
+	st := r.wal.Stats()
+	slices.Sort(lagged)
+	// Every committed row change (the inserts, each acknowledged UPDATE and
+	// the markers of applied) must have been applied; a write whose Exec
+	// failed in transit may still have committed, so applied changes may
+	// exceed the count.
+	lost := max(0, keys+writes.Load()+r.markers-int64(st.Changes))
+	fmt.Printf("wal: changes=%d tables=%d stale_after_lag=%d lag_p50_ms=%.1f lag_p99_ms=%.1f lost=%d\n",
+		st.Changes, st.Tables, stale, ms(st.LagP50), ms(st.LagP99), lost)
+	if stale != 0 || lost != 0 || st.Tables != 2 { // products, and counters for the markers
+		t.Fatalf("%d keys stale after the invalidator caught up (%v), %d changes lost, %d tables", stale, lagged, lost, st.Tables)
+	}
+}
