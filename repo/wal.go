@@ -42,14 +42,22 @@ func (s *Store[T, K]) WALApply(ctx context.Context, changes []invalidation.Chang
 	if err != nil {
 		return err
 	}
+	keys, versions := make([]string, 0, len(changes)), make([]int64, 0, len(changes))
+	at := make(map[string]int, len(changes))
 	for _, ch := range changes {
 		k, err := s.t.parseKey(ch.Key)
 		if err != nil {
 			return s.InvalidateAll(ctx)
 		}
-		if err := s.c.DeleteOlder(ctx, s.keyWith(kb, k), ch.Version); err != nil {
-			return &OpError{Op: "wal", Table: s.t.name, Key: strings.Join(ch.Key, ","), Err: err}
+		key := s.keyWith(kb, k)
+		version := ch.Version
+		if ch.Deleted {
+			version = 0
 		}
+		keys, versions = invalidation.Coalesce(keys, versions, at, key, version)
+	}
+	if err := s.c.DeleteOlderMany(ctx, keys, versions); err != nil {
+		return &OpError{Op: "wal", Table: s.t.name, Err: err}
 	}
 	return nil
 }

@@ -22,10 +22,17 @@ func (c *Counter) WALTable() (table string, key []string, version string) {
 // WALApply deletes each changed counter's cached value if it is older than
 // the change.
 func (c *Counter) WALApply(ctx context.Context, changes []invalidation.Change) error {
+	keys, versions := make([]string, 0, len(changes)), make([]int64, 0, len(changes))
+	at := make(map[string]int, len(changes))
 	for _, ch := range changes {
-		if err := c.core.DeleteOlder(ctx, c.Key(ch.Key[0]), ch.Version); err != nil {
-			return c.opErr(observe.OpCounterAdd, ch.Key[0], err)
+		version := ch.Version
+		if ch.Deleted {
+			version = 0
 		}
+		keys, versions = invalidation.Coalesce(keys, versions, at, c.Key(ch.Key[0]), version)
+	}
+	if err := c.core.DeleteOlderMany(ctx, keys, versions); err != nil {
+		return c.opErr(observe.OpCounterAdd, "", err)
 	}
 	return nil
 }

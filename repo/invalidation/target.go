@@ -34,3 +34,19 @@ type Change struct {
 	// changed the key.
 	Deleted bool
 }
+
+// Coalesce adds key's change of row version version (0: a delete, or no
+// version) to keys and versions, the list DeleteOlderMany takes, keeping one
+// entry per key (at maps a key to its index): the newest version, or 0 if
+// any change of the key was a delete. Targets use it in WALApply.
+func Coalesce(keys []string, versions []int64, at map[string]int, key string, version int64) ([]string, []int64) {
+	i, ok := at[key]
+	if !ok {
+		at[key] = len(keys)
+		return append(keys, key), append(versions, version)
+	}
+	if versions[i] != 0 && (version == 0 || version > versions[i]) {
+		versions[i] = version
+	}
+	return keys, versions
+}

@@ -327,12 +327,13 @@ func (w *WAL) invalidateAll(ctx context.Context) error {
 	return nil
 }
 
-// walTxn is a transaction being received: its changes by target.
+// walTxn is the changes of a transaction being received, or of a batch of
+// committed ones, by target.
 type walTxn struct {
-	open    bool
 	changes map[*walTarget][]Change
 	order   []*walTarget
 	trunc   []*walTarget
+	size    int // changes
 }
 
 func (tx *walTxn) add(t *walTarget, c Change) {
@@ -343,14 +344,29 @@ func (tx *walTxn) add(t *walTarget, c Change) {
 		tx.order = append(tx.order, t)
 	}
 	tx.changes[t] = append(tx.changes[t], c)
+	tx.size++
 }
 
-// stream receives and applies transactions, confirming each position only
-// after its cache step succeeded.
+// merge appends o's changes to tx's.
+func (tx *walTxn) merge(o *walTxn) {
+	for _, t := range o.order {
+		for _, c := range o.changes[t] {
+			tx.add(t, c)
+		}
+	}
+	tx.trunc = append(tx.trunc, o.trunc...)
+}
+
+// stream receives transactions and applies them in batches: committed
+// transactions gather until no message is waiting (for a millisecond), or
+// the batch holds maxBatch changes or is 20ms old; then the batch's cache
+// steps run, pipelined, and only then is its last commit confirmed.
 func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	relations := map[uint32]*pglogrepl.RelationMessage{}
-	var tx walTxn
-	var confirmed pglogrepl.LSN
+	var tx, batch walTxn
+	var confirmed, batchEnd pglogrepl.LSN
+	var commits []time.Time // of the batch's transactions with target changes
+	var batchStart time.Time
 	nextStatus := time.Now().Add(w.cfg.StatusInterval)
 	status := func() error {
 		nextStatus = time.Now().Add(w.cfg.StatusInterval)
@@ -358,17 +374,47 @@ func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 		return pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
 			WALWritePosition: confirmed, WALFlushPosition: confirmed, WALApplyPosition: confirmed})
 	}
+	flush := func() error {
+		if err := w.apply(ctx, &batch); err != nil {
+			return err
+		}
+		for _, at := range commits {
+			w.txns.Add(1)
+			w.recordLag(time.Since(at))
+		}
+		confirmed, batch, commits, batchStart = batchEnd, walTxn{}, commits[:0], time.Time{}
+		if time.Until(nextStatus) > w.cfg.StatusInterval/10 {
+			nextStatus = time.Now().Add(w.cfg.StatusInterval / 10) // confirm soon
+		}
+		return nil
+	}
 	for {
+		pending := batchEnd > confirmed
+		if pending && (batch.size >= maxBatch || time.Since(batchStart) >= maxBatchAge) {
+			if err := flush(); err != nil {
+				return err
+			}
+			pending = false
+		}
 		if time.Now().After(nextStatus) {
 			if err := status(); err != nil {
 				return fmt.Errorf("invalidation: wal: status update: %w", err)
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		deadline := nextStatus
+		if soon := time.Now().Add(flushWait); pending && soon.Before(deadline) {
+			deadline = soon
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
 		raw, err := conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
+				if pending {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("invalidation: wal: receiving: %w", err)
@@ -402,28 +448,38 @@ func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 			if err != nil {
 				return fmt.Errorf("invalidation: wal: %w", err)
 			}
-			end, err := w.handle(ctx, m, relations, &tx)
-			if err != nil {
-				return err
+			c, ok := w.handle(m, relations, &tx)
+			if !ok {
+				break
 			}
-			if end > confirmed {
-				confirmed = end
-				if time.Until(nextStatus) > w.cfg.StatusInterval/10 {
-					nextStatus = time.Now().Add(w.cfg.StatusInterval / 10) // confirm soon, in a batch
-				}
+			if tx.size > 0 || len(tx.trunc) > 0 {
+				commits = append(commits, c.CommitTime)
 			}
+			if batchStart.IsZero() {
+				batchStart = time.Now()
+			}
+			batch.merge(&tx)
+			batchEnd = c.TransactionEndLSN
+			tx = walTxn{}
 		}
 	}
 }
 
-// handle takes one logical replication message. At a commit it applies the
-// transaction and returns its end position, to be confirmed.
-func (w *WAL) handle(ctx context.Context, m pglogrepl.Message, relations map[uint32]*pglogrepl.RelationMessage, tx *walTxn) (pglogrepl.LSN, error) {
+// Batching of the cache steps (see stream).
+const (
+	maxBatch    = 5000
+	maxBatchAge = 20 * time.Millisecond
+	flushWait   = time.Millisecond
+)
+
+// handle takes one logical replication message into tx; at a commit it
+// returns the commit and true.
+func (w *WAL) handle(m pglogrepl.Message, relations map[uint32]*pglogrepl.RelationMessage, tx *walTxn) (*pglogrepl.CommitMessage, bool) {
 	switch m := m.(type) {
 	case *pglogrepl.RelationMessage:
 		relations[m.RelationID] = m
 	case *pglogrepl.BeginMessage:
-		*tx = walTxn{open: true}
+		*tx = walTxn{}
 	case *pglogrepl.InsertMessage:
 		w.change(relations, tx, m.RelationID, m.Tuple, false)
 	case *pglogrepl.UpdateMessage:
@@ -440,18 +496,9 @@ func (w *WAL) handle(ctx context.Context, m pglogrepl.Message, relations map[uin
 			}
 		}
 	case *pglogrepl.CommitMessage:
-		had := len(tx.order) > 0 || len(tx.trunc) > 0
-		if err := w.apply(ctx, tx); err != nil {
-			return 0, err
-		}
-		if had {
-			w.txns.Add(1)
-			w.recordLag(time.Since(m.CommitTime))
-		}
-		*tx = walTxn{}
-		return m.TransactionEndLSN, nil
+		return m, true
 	}
-	return 0, nil
+	return nil, false
 }
 
 func (w *WAL) target(relations map[uint32]*pglogrepl.RelationMessage, id uint32) *walTarget {
@@ -486,9 +533,8 @@ func (w *WAL) change(relations map[uint32]*pglogrepl.RelationMessage, tx *walTxn
 	tx.add(t, c)
 }
 
-// apply runs a committed transaction's cache steps, retrying (with
-// RetryInterval pauses) until they succeed or ctx ends: the transaction is
-// confirmed only after them.
+// apply runs a batch's cache steps, retrying (with RetryInterval pauses)
+// until they succeed or ctx ends: the batch is confirmed only after them.
 func (w *WAL) apply(ctx context.Context, tx *walTxn) error {
 	for {
 		err := w.applyOnce(ctx, tx)
@@ -519,7 +565,7 @@ func (w *WAL) applyOnce(ctx context.Context, tx *walTxn) error {
 		t.changed.Store(true)
 		delete(tx.changes, t)
 	}
-	tx.order, tx.trunc = nil, nil
+	tx.order, tx.trunc, tx.size = nil, nil, 0
 	return nil
 }
 

@@ -56,7 +56,12 @@ func slotName(e *testenv.Env) string {
 	return "t_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToLower(e.NS))
 }
 
-func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig {
+func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig { return newWALRigTB(t, cfg) }
+
+// newWALRigB is newWALRig for benchmarks.
+func newWALRigB(b *testing.B) *walRig { return newWALRigTB(b, invalidation.WALConfig{}) }
+
+func newWALRigTB(t testing.TB, cfg invalidation.WALConfig) *walRig {
 	t.Helper()
 	e := testenv.New(t)
 	r := &walRig{e: e}
@@ -99,7 +104,7 @@ func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig {
 }
 
 // run starts w and returns a function that stops it and waits for it.
-func (r *walRig) run(t *testing.T, w *invalidation.WAL) (stop func()) {
+func (r *walRig) run(t testing.TB, w *invalidation.WAL) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -114,7 +119,7 @@ func (r *walRig) run(t *testing.T, w *invalidation.WAL) (stop func()) {
 	}
 }
 
-func dropSlot(t *testing.T, e *testenv.Env, slot string) {
+func dropSlot(t testing.TB, e *testenv.Env, slot string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -129,9 +134,9 @@ func dropSlot(t *testing.T, e *testenv.Env, slot string) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -144,7 +149,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // far: it commits a marker change to a target table (counters) and waits
 // for the invalidator to confirm a position past it (it confirms commits in
 // order, and only after their cache step).
-func (r *walRig) applied(t *testing.T) {
+func (r *walRig) applied(t *testing.T) { r.appliedB(t) }
+
+// appliedB is applied for any testing.TB.
+func (r *walRig) appliedB(t testing.TB) {
 	t.Helper()
 	// The insert position read inside the marker's transaction is past every
 	// earlier commit and before the marker's own commit record.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -313,7 +314,7 @@ func (c *Client) getMulti(keys []string) (map[string]*memcache.Item, error) {
 		return nil, err
 	}
 	if len(groups) == 1 {
-		return out, c.getPipeline(groups[0], out)
+		return out, c.getChunks(groups[0], out)
 	}
 	res := make([]map[string]*memcache.Item, len(groups))
 	errs := make([]error, len(groups))
@@ -321,7 +322,7 @@ func (c *Client) getMulti(keys []string) (map[string]*memcache.Item, error) {
 	for i, g := range groups {
 		res[i] = make(map[string]*memcache.Item, len(g))
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = c.getPipeline(g, res[i]) }()
+		go func() { defer wg.Done(); errs[i] = c.getChunks(g, res[i]) }()
 	}
 	wg.Wait()
 	for _, m := range res {
@@ -364,6 +365,32 @@ func (c *Client) byServer(keys []string) ([][]string, error) {
 	return groups, nil
 }
 
+// pipelineKeys bounds one pipeline's requests: a client that writes a long
+// pipeline before it reads could fill both sockets' buffers with the
+// server's answers and wait forever.
+const pipelineKeys = 512
+
+// getChunks reads keys, all of one server, into out, pipelineKeys at a time.
+func (c *Client) getChunks(keys []string, out map[string]*memcache.Item) error {
+	var errs []error
+	for len(keys) > 0 {
+		n := min(len(keys), pipelineKeys)
+		if err := c.getPipeline(keys[:n], out); err != nil {
+			if !errors.Is(err, memcache.ErrServerError) && !isClientErr(err) {
+				return err
+			}
+			errs = append(errs, err) // an error for some key; the others are read
+		}
+		keys = keys[n:]
+	}
+	return errors.Join(errs...)
+}
+
+// isClientErr reports whether err is a CLIENT_ERROR answer for one key.
+func isClientErr(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "memclient: client error")
+}
+
 // getPipeline reads keys, all of one server, into out.
 func (c *Client) getPipeline(keys []string, out map[string]*memcache.Item) error {
 	mc, err := c.conn(keys[0])
@@ -374,11 +401,11 @@ func (c *Client) getPipeline(keys []string, out map[string]*memcache.Item) error
 	for _, k := range keys {
 		mc.buf = append(mc.buf, "mg "...)
 		mc.buf = append(mc.buf, k...)
-		mc.buf = append(mc.buf, " v f k q\r\n"...)
+		mc.buf = append(mc.buf, " v c f k q\r\n"...)
 	}
 	mc.buf = append(mc.buf, "mn\r\n"...)
 	line, err := c.roundTrip(mc)
-	// The hits, in request order: "VA <size> f<flags> k<key>" and the value.
+	// The hits, in request order: "VA <size> c<cas> f<flags> k<key>" and the value.
 	// Values share one buffer; ends holds each one's end in it.
 	items := make([]memcache.Item, 0, len(keys))
 	var vals []byte
@@ -404,7 +431,7 @@ func (c *Client) getPipeline(keys []string, out map[string]*memcache.Item) error
 			mc.nc.Close()
 			return fmt.Errorf("memclient: malformed or unexpected response %q", line)
 		}
-		items = append(items, memcache.Item{Key: keys[next], Flags: h.flags})
+		items = append(items, memcache.Item{Key: keys[next], Flags: h.flags, CasID: h.cas})
 		next++
 		if vals, err = mc.appendValue(vals, h.size); err != nil {
 			return err
@@ -469,4 +496,105 @@ func parseVA(line []byte) (h vaHeader, ok bool) {
 		}
 	}
 	return h, h.size >= 0
+}
+
+// DeleteIfUnchanged deletes each item's key if it still holds the item as
+// read (by its CasID), with one pipeline of quiet "md <key> C<cas> q"
+// requests per server, ended by "mn". It returns the keys that changed
+// meanwhile (their delete was refused), for the caller to look at again; a
+// key already gone counts as deleted. Against servers without the meta
+// protocol it returns ErrNoMeta.
+func (c *Client) DeleteIfUnchanged(items []*memcache.Item) (changed []string, err error) {
+	if c.noMeta.Load() {
+		return nil, ErrNoMeta
+	}
+	c.gm()
+	keys := make([]string, len(items))
+	byKey := make(map[string]*memcache.Item, len(items))
+	for i, it := range items {
+		keys[i] = it.Key
+		byKey[it.Key] = it
+	}
+	groups, err := c.byServer(keys)
+	if err != nil {
+		return nil, err
+	}
+	res := make([][]string, len(groups))
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for g := g; len(g) > 0 && errs[i] == nil; g = g[min(len(g), pipelineKeys):] {
+				var ch []string
+				ch, errs[i] = c.deletePipeline(g[:min(len(g), pipelineKeys)], byKey)
+				res[i] = append(res[i], ch...)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, r := range res {
+		changed = append(changed, r...)
+	}
+	return changed, errors.Join(errs...)
+}
+
+// deletePipeline sends the conditional deletes of keys, all of one server.
+// Quiet md answers only failures: "EX" (changed) and "NF" (gone) name no
+// key, so each request carries its index as the opaque token ("O<i>"),
+// which memcached echoes.
+func (c *Client) deletePipeline(keys []string, items map[string]*memcache.Item) ([]string, error) {
+	mc, err := c.conn(keys[0])
+	if err != nil {
+		return nil, err
+	}
+	mc.buf = mc.buf[:0]
+	for i, k := range keys {
+		mc.buf = append(mc.buf, "md "...)
+		mc.buf = append(mc.buf, k...)
+		mc.buf = append(mc.buf, " C"...)
+		mc.buf = strconv.AppendUint(mc.buf, items[k].CasID, 10)
+		mc.buf = append(mc.buf, " O"...)
+		mc.buf = strconv.AppendInt(mc.buf, int64(i), 10)
+		mc.buf = append(mc.buf, " q\r\n"...)
+	}
+	mc.buf = append(mc.buf, "mn\r\n"...)
+	line, err := c.roundTrip(mc)
+	var changed []string
+	for ; err == nil && !bytes.Equal(line, []byte("MN")); line, err = mc.readLine() {
+		switch {
+		case bytes.HasPrefix(line, []byte("NF")): // gone already
+		case bytes.HasPrefix(line, []byte("EX")):
+			i, ok := opaque(line)
+			if !ok || i >= len(keys) {
+				mc.nc.Close()
+				return nil, fmt.Errorf("memclient: malformed response %q", line)
+			}
+			changed = append(changed, keys[i])
+		default:
+			e := replyErr(line)
+			if errors.Is(e, ErrNoMeta) {
+				c.noMeta.Store(true)
+			}
+			mc.nc.Close()
+			return nil, e
+		}
+	}
+	if err != nil {
+		return nil, err // roundTrip or readLine closed the connection
+	}
+	c.put(mc)
+	return changed, nil
+}
+
+// opaque returns the "O<n>" token of a response line.
+func opaque(line []byte) (int, bool) {
+	for _, f := range bytes.Fields(line) {
+		if len(f) > 1 && f[0] == 'O' {
+			n, ok := parseDecimal(f[1:])
+			return int(n), ok && n < 1<<31
+		}
+	}
+	return 0, false
 }

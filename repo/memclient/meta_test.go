@@ -3,6 +3,7 @@ package memclient
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -321,5 +322,59 @@ func TestClientSelector(t *testing.T) {
 	}
 	if _, err := onA.Get("sel-j"); !errors.Is(err, memcache.ErrCacheMiss) {
 		t.Fatalf("a key reached the other server: %v", err)
+	}
+}
+
+// DeleteIfUnchanged deletes what is still as read, keeps what changed
+// meanwhile and names it, and counts a key already gone as deleted, over
+// one or two servers.
+func TestClientDeleteIfUnchanged(t *testing.T) {
+	a, b := repotest.StartMemcached(t), repotest.StartMemcached(t)
+	for _, servers := range [][]string{{a.Addr()}, {a.Addr(), b.Addr()}} {
+		c, err := New(Config{Servers: servers, Timeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for i := range 30 {
+			k := fmt.Sprintf("du-%d-%d", len(servers), i)
+			keys = append(keys, k)
+			if err := c.Set(&memcache.Item{Key: k, Value: []byte("v")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := c.GetMulti(keys)
+		if err != nil || len(got) != len(keys) {
+			t.Fatalf("GetMulti: %d items, %v", len(got), err)
+		}
+		var items []*memcache.Item
+		for _, k := range keys {
+			if got[k].CasID == 0 {
+				t.Fatalf("GetMulti gave %s no CAS id", k)
+			}
+			items = append(items, got[k])
+		}
+		if err := c.Set(&memcache.Item{Key: keys[3], Value: []byte("newer")}); err != nil { // changed after the read
+			t.Fatal(err)
+		}
+		if err := c.Delete(keys[7]); err != nil { // gone after the read
+			t.Fatal(err)
+		}
+		changed, err := c.DeleteIfUnchanged(items)
+		if err != nil || len(changed) != 1 || changed[0] != keys[3] {
+			t.Fatalf("DeleteIfUnchanged: changed %v, %v; want [%s]", changed, err, keys[3])
+		}
+		for i, k := range keys {
+			it, err := c.Get(k)
+			if i == 3 {
+				if err != nil || string(it.Value) != "newer" {
+					t.Fatalf("the changed key: %+v %v", it, err)
+				}
+				continue
+			}
+			if !errors.Is(err, memcache.ErrCacheMiss) {
+				t.Fatalf("key %s after DeleteIfUnchanged: %v", k, err)
+			}
+		}
 	}
 }

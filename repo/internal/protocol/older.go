@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 )
 
 // DeleteOlder removes what key caches if it is older than a committed change
@@ -58,4 +60,72 @@ func (c *Core) DeleteOlder(ctx context.Context, key string, version int64) error
 		return failed
 	}
 	return err
+}
+
+// pipeliner is the optional interface of a Cache that sends many
+// conditional deletes in one pipeline per server (memclient.Client).
+type pipeliner interface {
+	DeleteIfUnchanged(items []*memcache.Item) (changed []string, err error)
+}
+
+// DeleteOlderMany is DeleteOlder for many keys (versions[i] for keys[i];
+// a key listed twice should be listed once, with the newest version, or 0
+// if any change of it was a delete). Over a pipelining cache it costs two
+// round trips per server for all of them, a read and the deletes, plus one
+// DeleteOlder for each key that changed between the two; elsewhere one
+// DeleteOlder per key.
+func (c *Core) DeleteOlderMany(ctx context.Context, keys []string, versions []int64) error {
+	p, ok := c.raw.(pipeliner)
+	if !ok || len(keys) < 2 {
+		for i, k := range keys {
+			if err := c.DeleteOlder(ctx, k, versions[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	items, err := c.GetMulti(keys)
+	if err != nil {
+		return err
+	}
+	var doomed []*memcache.Item
+	for i, k := range keys {
+		it := items[k]
+		if it == nil {
+			continue
+		}
+		kind, ver, _, valid := OpenEnvelope(it.Flags, it.Value)
+		if versions[i] > 0 && valid && kind != KindLease && ver >= versions[i] && !(kind == KindAbsent && ver == 0) {
+			continue // as new as the change, or newer
+		}
+		doomed = append(doomed, it)
+	}
+	if len(doomed) == 0 {
+		return nil
+	}
+	changed, err := p.DeleteIfUnchanged(doomed)
+	c.br.record(err)
+	if errors.Is(err, memclient.ErrNoMeta) {
+		changed, err = nil, nil
+		for _, it := range doomed {
+			changed = append(changed, it.Key)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	version := make(map[string]int64, len(keys))
+	for i, k := range keys {
+		version[k] = versions[i]
+	}
+	for _, k := range changed { // written meanwhile: look again, one by one
+		c.CASConflict(ctx, k)
+		if err := c.DeleteOlder(ctx, k, version[k]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
