@@ -17,7 +17,8 @@
 // or transaction, or sqlc's DBTX). Beside it:
 //
 //	repo/aggregate     Counter, Leaderboard, CacheCounter, CASValue, on the same protocol
-//	repo/invalidation  the outbox Repairer, which replays cache steps that did not happen
+//	repo/invalidation  the WAL invalidator (changes made behind the stores' backs) and
+//	                   the outbox Repairer (cache steps that did not happen)
 //	repo/observe       Hooks, Events, Op names and Stats, for metrics and tracing
 //	repo/repootel      OpenTelemetry traces and metrics from Hooks (a module of its own)
 //	repo/repoprom      a Prometheus collector from Hooks
@@ -124,8 +125,10 @@
 // # Limits
 //
 // The guarantees above are for readers and writers that go through Stores.
-// A change made behind the stores' backs (psql, another service) is not seen
-// until the item expires (Options.TTL) or InvalidateAll is called. The
+// A change made behind the stores' backs (psql, another service) reaches the
+// cache within the lag of the WAL invalidator (invalidation.WAL) where one
+// runs; without it, not until the item expires (Options.TTL) or
+// InvalidateAll is called. The
 // checksum guards against corrupt bytes, not against a hostile memcached.
 //
 // gomemcache has no context: each round trip is bounded by the client's

@@ -139,6 +139,8 @@ start_pg() {
 	fi
 	local opts="-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PG_DIR"
 	opts+=" -c max_connections=300 -c shared_buffers=64MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+	# Logical replication for retail invalidator (the WAL invalidator).
+	opts+=" -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10 -c max_slot_wal_keep_size=1GB -c wal_writer_delay=10ms"
 	if ! (cd "$PG_DIR" && as_pg env LC_ALL=C "$bindir/pg_ctl" start -w -t 60 -D "$PG_DATA" -l "$PG_LOG" -o "$opts" >/dev/null); then
 		tail -n 20 "$PG_LOG" >&2 || true
 		die "PostgreSQL did not start on 127.0.0.1:$PG_PORT (is the port taken? set CACHEDREPO_PG_PORT)"

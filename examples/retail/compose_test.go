@@ -55,7 +55,7 @@ func readCompose(t *testing.T) (composeFile, string) {
 
 func TestComposeServices(t *testing.T) {
 	c, _ := readCompose(t)
-	for _, name := range []string{"postgres", "memcached", "setup", "retail"} {
+	for _, name := range []string{"postgres", "memcached", "setup", "retail", "invalidator"} {
 		if _, ok := c.Services[name]; !ok {
 			t.Errorf("service %q missing", name)
 		}
@@ -88,8 +88,9 @@ func TestComposeServices(t *testing.T) {
 func TestComposeDependencies(t *testing.T) {
 	c, _ := readCompose(t)
 	want := map[string]map[string]string{
-		"setup":  {"postgres": "service_healthy", "memcached": "service_healthy"},
-		"retail": {"postgres": "service_healthy", "memcached": "service_healthy", "setup": "service_completed_successfully"},
+		"setup":       {"postgres": "service_healthy", "memcached": "service_healthy"},
+		"retail":      {"postgres": "service_healthy", "memcached": "service_healthy", "setup": "service_completed_successfully"},
+		"invalidator": {"postgres": "service_healthy", "memcached": "service_healthy", "setup": "service_completed_successfully"},
 	}
 	for svc, deps := range want {
 		for dep, cond := range deps {
@@ -108,7 +109,10 @@ func TestComposeDependencies(t *testing.T) {
 // services and ports.
 func TestComposeEnvironment(t *testing.T) {
 	c, _ := readCompose(t)
-	for _, name := range []string{"retail", "setup"} {
+	if cmd := c.Services["invalidator"].Command; len(cmd) != 1 || cmd[0] != "invalidator" {
+		t.Errorf("invalidator command %v: want the binary's invalidator command", cmd)
+	}
+	for _, name := range []string{"retail", "setup", "invalidator"} {
 		env := c.Services[name].Environment
 		for k := range configEnv() {
 			if _, ok := env[k]; !ok {

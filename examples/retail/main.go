@@ -10,6 +10,7 @@
 //	retail warm [-raw]             fill the cache from the database before traffic
 //	retail serve                   run the HTTP API (graceful shutdown on SIGINT/SIGTERM)
 //	retail load [-compare]         run the load test (and the report with -compare)
+//	retail invalidator             keep the cache in line with changes made by SQL (the WAL invalidator)
 //	retail healthcheck             exit 0 if the service at HTTP_ADDR is healthy
 //
 // Configuration comes from the environment (see config.go): DATABASE_URL,
@@ -45,6 +46,7 @@ commands:
   warm          fill memcached from the database in batches; -raw also measures plain Sets
   serve         run the HTTP API on HTTP_ADDR
   load          run the load generator; -compare runs it with CACHE=on and CACHE=off and writes a report
+  invalidator   tail PostgreSQL's WAL and apply changes made behind the stores' backs to memcached
   healthcheck   GET /healthz of the service on HTTP_ADDR (for container healthchecks)
 
 Run 'retail <command> -h' for the flags of a command. Configuration is read
@@ -132,6 +134,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		return runLoad(ctx, getenv, log, o, stdout, stderr)
+	case "invalidator":
+		slot := fs.String("slot", "retail_invalidator", "the logical replication slot (one invalidator holds it; others wait)")
+		interval := fs.Duration("interval", 10*time.Second, "how often to log the invalidator's figures")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		cfg, err := loadConfig(getenv)
+		if err != nil {
+			return err
+		}
+		return runInvalidator(ctx, cfg, log, *slot, *interval, stdout)
 	case "healthcheck":
 		if err := fs.Parse(args); err != nil {
 			return err

@@ -1,28 +1,3 @@
-// Package invalidation makes committed changes reach the cache when the
-// write-through could not: the outbox's Repairer. (Invalidation from
-// PostgreSQL's WAL will live here too.)
-//
-// The outbox is a table (migrations.Library creates it):
-//
-//	CREATE TABLE cachedrepo_outbox (
-//	    id         bigserial PRIMARY KEY,
-//	    cache_key  text NOT NULL,
-//	    created_at timestamptz NOT NULL DEFAULT now()
-//	);
-//
-// A Store, Counter or Leaderboard configured with a Repairer records the
-// cache key of every write there in the same transaction as the write
-// (Counters and Leaderboards: the keys they failed to delete), and deletes
-// the row once the cache step succeeded. A row left behind (the process died
-// between commit and cache step, or the cache was unreachable) is replayed
-// by the Repairer: it deletes the key from the cache, then the row. Deleting
-// is always safe: the next read refills from the database under a lease.
-//
-// Run the Repairer in a goroutine of its own (go r.Run(ctx)). Besides
-// replaying old rows, it serves the replays that stores ask for when their
-// breaker finds the cache answering again after an outage: a store reads the
-// database, not the cache, until that replay is done, so no key whose
-// invalidation failed during the outage is served.
 package invalidation
 
 import (

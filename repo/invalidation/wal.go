@@ -62,7 +62,7 @@ type WALConfig struct {
 // cache within its lag instead of the TTL. See the package documentation.
 type WAL struct {
 	cfg     WALConfig
-	targets map[string]*walTarget // by "schema.table"
+	targets map[string][]*walTarget // by "schema.table"; a table may have several (row types of two releases)
 
 	changes, txns, ignored, truncates, invalidations atomic.Uint64
 	confirmed                                        atomic.Uint64 // LSN
@@ -119,16 +119,16 @@ func NewWAL(cfg WALConfig) (*WAL, error) {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
 	}
-	w := &WAL{cfg: cfg, targets: map[string]*walTarget{}}
+	w := &WAL{cfg: cfg, targets: map[string][]*walTarget{}}
 	for _, t := range cfg.Targets {
 		name, key, version := t.WALTable()
 		if !strings.Contains(name, ".") {
 			name = "public." + name
 		}
-		if _, dup := w.targets[name]; dup {
-			return nil, fmt.Errorf("invalidation: table %s is a target twice", name)
+		if len(key) == 0 {
+			return nil, fmt.Errorf("invalidation: target of table %s has no key columns", name)
 		}
-		w.targets[name] = &walTarget{t: t, key: key, version: version}
+		w.targets[name] = append(w.targets[name], &walTarget{t: t, key: key, version: version})
 	}
 	return w, nil
 }
@@ -138,9 +138,12 @@ func (w *WAL) Stats() WALStats {
 	st := WALStats{Transactions: w.txns.Load(), Changes: w.changes.Load(), Ignored: w.ignored.Load(),
 		Truncates: w.truncates.Load(), Invalidations: w.invalidations.Load(),
 		ConfirmedLSN: pglogrepl.LSN(w.confirmed.Load()).String(), Holding: w.holding.Load()}
-	for _, t := range w.targets {
-		if t.changed.Load() {
-			st.Tables++
+	for _, ts := range w.targets {
+		for _, t := range ts {
+			if t.changed.Load() {
+				st.Tables++
+				break
+			}
 		}
 	}
 	w.lagMu.Lock()
@@ -318,11 +321,13 @@ func (w *WAL) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (bool, error)
 
 // invalidateAll makes every target's cache unreachable.
 func (w *WAL) invalidateAll(ctx context.Context) error {
-	for _, t := range w.targets {
-		if err := t.t.InvalidateAll(ctx); err != nil {
-			return err
+	for _, ts := range w.targets {
+		for _, t := range ts {
+			if err := t.t.InvalidateAll(ctx); err != nil {
+				return err
+			}
+			w.invalidations.Add(1)
 		}
-		w.invalidations.Add(1)
 	}
 	return nil
 }
@@ -491,9 +496,7 @@ func (w *WAL) handle(m pglogrepl.Message, relations map[uint32]*pglogrepl.Relati
 		w.change(relations, tx, m.RelationID, m.OldTuple, true)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			if t := w.target(relations, id); t != nil {
-				tx.trunc = append(tx.trunc, t)
-			}
+			tx.trunc = append(tx.trunc, w.target(relations, id)...)
 		}
 	case *pglogrepl.CommitMessage:
 		return m, true
@@ -501,7 +504,7 @@ func (w *WAL) handle(m pglogrepl.Message, relations map[uint32]*pglogrepl.Relati
 	return nil, false
 }
 
-func (w *WAL) target(relations map[uint32]*pglogrepl.RelationMessage, id uint32) *walTarget {
+func (w *WAL) target(relations map[uint32]*pglogrepl.RelationMessage, id uint32) []*walTarget {
 	r := relations[id]
 	if r == nil {
 		return nil
@@ -509,28 +512,30 @@ func (w *WAL) target(relations map[uint32]*pglogrepl.RelationMessage, id uint32)
 	return w.targets[r.Namespace+"."+r.RelationName]
 }
 
-// change records one row change of the transaction, if its table is a
-// target.
+// change records one row change of the transaction for each target of its
+// table, if it has any.
 func (w *WAL) change(relations map[uint32]*pglogrepl.RelationMessage, tx *walTxn, id uint32, tuple *pglogrepl.TupleData, deleted bool) {
-	t, r := w.target(relations, id), relations[id]
-	if t == nil || tuple == nil {
+	ts, r := w.target(relations, id), relations[id]
+	if len(ts) == 0 || tuple == nil {
 		w.ignored.Add(1)
 		return
 	}
-	c := Change{Key: make([]string, len(t.key)), Deleted: deleted}
-	for i, col := range r.Columns {
-		if i >= len(tuple.Columns) || tuple.Columns[i].DataType != 't' {
-			continue
+	for _, t := range ts {
+		c := Change{Key: make([]string, len(t.key)), Deleted: deleted}
+		for i, col := range r.Columns {
+			if i >= len(tuple.Columns) || tuple.Columns[i].DataType != 't' {
+				continue
+			}
+			v := string(tuple.Columns[i].Data)
+			if j := slices.Index(t.key, col.Name); j >= 0 {
+				c.Key[j] = v
+			}
+			if !deleted && col.Name == t.version {
+				c.Version, _ = strconv.ParseInt(v, 10, 64)
+			}
 		}
-		v := string(tuple.Columns[i].Data)
-		if j := slices.Index(t.key, col.Name); j >= 0 {
-			c.Key[j] = v
-		}
-		if !deleted && col.Name == t.version {
-			c.Version, _ = strconv.ParseInt(v, 10, 64)
-		}
+		tx.add(t, c)
 	}
-	tx.add(t, c)
 }
 
 // apply runs a batch's cache steps, retrying (with RetryInterval pauses)
