@@ -56,4 +56,3 @@ func runInvalidator(ctx context.Context, cfg config, log *slog.Logger, slot stri
 		}
 	}
 }
-
