@@ -61,6 +61,12 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 	var missing []int // indexes into uniq
 	for i, key := range ckeys {
 		it := items[key]
+		if it != nil && !s.c.Clean(ctx, key) {
+			// This process failed to invalidate the key: its entry may be
+			// older than our own write, and its delete fails still. Read
+			// the database, and fill nothing.
+			cacheOK, it = false, nil
+		}
 		if it == nil {
 			missing = append(missing, i)
 			continue

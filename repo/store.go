@@ -76,6 +76,7 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	}
 	s := &Store[T, K]{c: protocol.New(cache, cfg, rec), db: db, t: c, codec: cd,
 		gen: protocol.NewGeneration(kb, gk.Key("generation"), opts.generationRefresh()), w: newWriteSQL(c, outbox)}
+	s.c.SetRepairAll(func(context.Context) error { return s.gen.Bump(s.c) })
 	return s, nil
 }
 
@@ -184,7 +185,7 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 		return v, s.opErr(observe.OpGet, k, err)
 	}
 	key := s.Key(k)
-	if !s.c.AllowRead() {
+	if !s.c.AllowRead() || !s.c.Clean(ctx, key) {
 		return s.readAround(ctx, k, key)
 	}
 	it, l, err := s.c.Get(key)

@@ -94,6 +94,7 @@ func NewCounter(db repo.DB, cache repo.Cache, cfg CounterConfig) (*Counter, erro
 		return nil, fmt.Errorf("aggregate: counter table %q: %w", cfg.Table, err)
 	}
 	t := protocol.QuoteIdent(cfg.Table)
+	core.SetRepairAll(func(context.Context) error { return keys.Bump(core) })
 	return &Counter{
 		core:   core,
 		db:     db,

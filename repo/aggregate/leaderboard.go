@@ -176,6 +176,7 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 		return nil, fmt.Errorf("aggregate: leaderboard %q: %w", cfg.Table, err)
 	}
 	t := protocol.QuoteIdent(cfg.Table)
+	core.SetRepairAll(func(context.Context) error { return keys.Bump(core) })
 	lb := &Leaderboard{
 		core:     core,
 		db:       db,

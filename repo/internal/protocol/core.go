@@ -66,6 +66,10 @@ type Core struct {
 	handoff map[string]*memclient.Lease // guarded by handMu
 
 	group singleflight.Group
+
+	dirty     dirtyKeys
+	dirtyCap  int // maxDirty; tests lower it
+	repairAll func(context.Context) error
 }
 
 // Counters are the live counters behind observe.Stats.
@@ -78,7 +82,7 @@ type Counters struct {
 // applied). rec, if not nil, must have replayed the outbox before the
 // breaker closes again.
 func New(cache Cache, cfg Config, rec Recovery) *Core {
-	c := &Core{Opt: cfg.WithDefaults()}
+	c := &Core{Opt: cfg.WithDefaults(), dirtyCap: maxDirty}
 	h := &c.Opt.Hooks
 	c.observed = h.Event != nil || h.OpStart != nil || h.OpEnd != nil
 	c.br = newBreaker(c.Opt.BreakerFailures, c.Opt.BreakerCooldown, func() error {
@@ -255,11 +259,12 @@ func Sleep(ctx context.Context, d time.Duration) error {
 }
 
 // Invalidate deletes key, reporting failures other than a miss (and
-// recording the key in the outbox, where the core does that). It reports
-// whether the key is gone.
+// recording the key in the outbox, where the core does that, and as dirty:
+// see Clean). It reports whether the key is gone.
 func (c *Core) Invalidate(ctx context.Context, key string) bool {
 	if err := c.Cache.Delete(key); err != nil && !IsMiss(err) {
 		c.CacheErr(ctx, observe.StepDelete, key, err)
+		c.markDirty(key)
 		if c.lost != nil {
 			c.lost(ctx, key)
 		}
@@ -383,7 +388,7 @@ func ownLease(it *memcache.Item, token uint64) bool {
 // load under the lease) from a cache that cannot be used (false: the breaker
 // is open, or the read failed and tripped it; read the database).
 func (c *Core) Read(ctx context.Context, key string, open func(*memcache.Item) (any, bool)) (v any, hit, ok bool) {
-	if !c.AllowRead() {
+	if !c.AllowRead() || !c.Clean(ctx, key) {
 		return nil, false, false
 	}
 	it, err := c.Cache.Get(key)
