@@ -91,6 +91,16 @@
 // lost before the commit was acknowledged) delete the key before returning:
 // a concurrent writer that got there first may not have updated the cache
 // yet, and no read after the call may contradict what the caller was told.
+// A write of unknown outcome may also commit later, while the server still
+// runs it; so its key is deleted again Options.WriteTimeout later (set
+// statement_timeout no higher), and a fill made in between is gone by then.
+//
+// One-way partitions. A store that fails to invalidate a key (its
+// write-through or delete did not reach memcached, while its reads still
+// do) never reads that key from the cache again until one of its own
+// deletes of it has succeeded; past 4,096 such keys it reads nothing from
+// the cache until its table's generation bump succeeds. So a process always
+// reads its own writes.
 //
 // Cache failures. A read that cannot reach the cache (over a *memclient.Client
 // at the first failure, whose client then drops the idle connections cut

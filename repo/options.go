@@ -90,6 +90,16 @@ type Options struct {
 	// Default 1s.
 	BreakerCooldown time.Duration
 
+	// WriteTimeout is the longest one of the store's write statements may
+	// still run on the server after the store gave up on it (a connection
+	// that stalled or failed before the answer came): set statement_timeout
+	// (for the role, the database or the pool) no higher. A write whose
+	// outcome is unknown deletes its key at once and again WriteTimeout
+	// later, so a statement that commits late leaves no stale entry beyond
+	// that bound (the WAL invalidator, where it runs, repairs it within its
+	// lag). Default 30s; negative means no second delete.
+	WriteTimeout time.Duration
+
 	// Repairer, when set, is the invalidation outbox: every write records
 	// its cache key in the Repairer's table in the same transaction, the
 	// key is dropped from there once the cache step succeeded, and the
@@ -128,4 +138,14 @@ func (o *Options) generationRefresh() time.Duration {
 		return time.Second
 	}
 	return o.GenerationRefresh
+}
+
+func (o *Options) writeTimeout() time.Duration {
+	switch {
+	case o == nil || o.WriteTimeout == 0:
+		return 30 * time.Second
+	case o.WriteTimeout < 0:
+		return 0
+	}
+	return o.WriteTimeout
 }

@@ -28,6 +28,8 @@ type Store[T any, K comparable] struct {
 	gen   *protocol.Generation
 	w     writeSQL
 
+	writeTimeout time.Duration // Options.WriteTimeout
+
 	anyOnce  sync.Mutex // guards keyTypes
 	keyTypes atomic.Pointer[[]string]
 	anySQL   atomic.Pointer[string] // GetMany's statement for composite keys
@@ -77,6 +79,7 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	s := &Store[T, K]{c: protocol.New(cache, cfg, rec), db: db, t: c, codec: cd,
 		gen: protocol.NewGeneration(kb, gk.Key("generation"), opts.generationRefresh()), w: newWriteSQL(c, outbox)}
 	s.c.SetRepairAll(func(context.Context) error { return s.gen.Bump(s.c) })
+	s.writeTimeout = opts.writeTimeout()
 	return s, nil
 }
 

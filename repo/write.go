@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -59,18 +60,21 @@ func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func(bool)
 	var outboxID int64
 	row, err := pgx.CollectOneRow(rows, s.scanner(&outboxID))
 	if err != nil {
-		if isUniqueViolation(err) || ambiguous(err) {
-			// A unique violation tells the caller the row exists, and a
-			// concurrent inserter may not have reached the cache yet. Any
-			// error but the server's may hide a commit whose answer was
-			// lost. Either way the cache must not contradict the database.
+		switch {
+		case ambiguous(err):
+			// Any error but the server's may hide a commit whose answer was
+			// lost, or one still to come.
+			s.unsure(ctx, key)
+		case isUniqueViolation(err):
+			// The caller learns the row exists, and a concurrent inserter
+			// may not have reached the cache yet.
 			s.c.Invalidate(ctx, key)
 		}
 		return row, err
 	}
 	after(func(committed bool) {
 		if !committed {
-			s.c.Invalidate(ctx, key)
+			s.unsure(ctx, key)
 			return
 		}
 		s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID)
@@ -141,12 +145,12 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 		return zero, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		s.c.Invalidate(ctx, key) // it may have committed
+		s.unsure(ctx, key) // it may have committed, or may yet
 		return zero, err
 	}
 	after(func(committed bool) {
 		if !committed {
-			s.c.Invalidate(ctx, key)
+			s.unsure(ctx, key)
 			return
 		}
 		s.afterCommit(ctx, key, &row, s.versionOf(&row), outboxID)
@@ -187,13 +191,13 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)),
 	}
 	if err != nil {
 		if ambiguous(err) {
-			s.c.Invalidate(ctx, key) // it may have committed
+			s.unsure(ctx, key) // it may have committed, or may yet
 		}
 		return s.opErr(observe.OpDelete, k, err)
 	}
 	after(func(committed bool) {
 		if !committed {
-			s.c.Invalidate(ctx, key)
+			s.unsure(ctx, key)
 			return
 		}
 		s.afterCommit(ctx, key, nil, version, outboxID)
@@ -286,4 +290,19 @@ const nextvalLookup = `SELECT coalesce(
 func ambiguous(err error) bool {
 	var pe *pgconn.PgError
 	return !errors.As(err, &pe)
+}
+
+// unsure ends a write whose outcome is unknown (its connection failed, or
+// its commit's answer was lost): the statement may have committed, or may
+// still commit later, for as long as the server can still be running it. So
+// the key is deleted now (no read after the call may contradict a commit
+// that happened) and again once the statement can no longer be running,
+// Options.WriteTimeout later (no fill from before a late commit outlives
+// it). The write's outbox row, if it committed, is replayed too.
+func (s *Store[T, K]) unsure(ctx context.Context, key string) {
+	s.c.Invalidate(ctx, key)
+	if d := s.writeTimeout; d > 0 {
+		ctx := context.WithoutCancel(ctx)
+		time.AfterFunc(d, func() { s.c.Invalidate(ctx, key) })
+	}
 }
