@@ -32,11 +32,20 @@
 // # The cache protocol
 //
 // Every cached item is an envelope: a kind (row, absent, lease) in the item
-// flags, and a checksum, the row version and the encoded row in the value.
-// Bytes that fail the checksum or do not decode are a miss: the key is
-// deleted, a CacheError event reported to Hooks.Event, and the row read from
-// the database. Keys carry a fingerprint of T's layout, so a deploy that
-// changes T never decodes old bytes as the new type.
+// flags, and a checksum, the row version and, for a row, the fingerprint of
+// T's codec and the encoded row in the value. Bytes that fail the checksum
+// or do not decode are a miss: the key is deleted, a CacheError event
+// reported to Hooks.Event, and the row read from the database.
+//
+// Rolling deploys. Keys do not depend on T: while two releases with
+// different row types serve one table, both read and write the same keys,
+// and row versions compare across them, so neither serves a row older than
+// a write the other acknowledged. A store never decodes another row type's
+// bytes (the fingerprints differ): it reads the database and, if its row is
+// as new as the cached one or newer, replaces the entry with its own by CAS,
+// so entries convert to whichever release reads them; writes replace or
+// delete whatever is there, by version. During a deploy a key read by both
+// releases in turn costs a database read per turn; after it, one per key.
 //
 // Stampedes. Concurrent misses of one key in a process share one load
 // (one caller's cancelled context does not fail the others). Across

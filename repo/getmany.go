@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -181,6 +182,16 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 			out[uniq[i]] = v
 		case protocol.KindAbsent:
 			delete(out, uniq[i])
+		case kindForeign: // another release's row: order it against a read of our own
+			v, err := s.readForeign(ctx, uniq[i], key, it)
+			switch {
+			case err == nil:
+				out[uniq[i]] = v
+			case errors.Is(err, ErrNotFound):
+				delete(out, uniq[i])
+			default:
+				return nil, err
+			}
 		}
 	}
 	return out, nil

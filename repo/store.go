@@ -2,9 +2,9 @@ package repo
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +25,7 @@ type Store[T any, K comparable] struct {
 	db    DB
 	t     *compiled[T, K]
 	codec Codec[T]
+	fp    [8]byte // the codec's fingerprint, first in every cached row
 	gen   *protocol.Generation
 	w     writeSQL
 
@@ -59,14 +60,15 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 		}
 		cd = bc
 	}
-	kb, err := cachekeys.New(cfg.Namespace, protocol.KeyName(table.Name), "c"+strconv.FormatUint(cd.Fingerprint(), 36))
+	// Keys do not depend on the row type: every release of a table reads and
+	// writes the same keys, and the codec's fingerprint is in each value
+	// instead (see decode), so versions compare across releases.
+	kb, err := cachekeys.New(cfg.Namespace, protocol.KeyName(table.Name), "r1")
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
 	}
 	// The generation lives beside the rows, under a version part ("g")
-	// that no row key has ("c" and the codec's fingerprint), so no key value
-	// can be mistaken for it; and it is shared by every row type of the
-	// table.
+	// that no row key has ("r1"), so no key value can be mistaken for it.
 	gk, err := cachekeys.New(cfg.Namespace, protocol.KeyName(table.Name), "g")
 	if err != nil {
 		return nil, fmt.Errorf("repo: table %q: %w", table.Name, err)
@@ -78,6 +80,7 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	}
 	s := &Store[T, K]{c: protocol.New(cache, cfg, rec), db: db, t: c, codec: cd,
 		gen: protocol.NewGeneration(kb, gk.Key("generation"), opts.generationRefresh()), w: newWriteSQL(c, outbox)}
+	binary.LittleEndian.PutUint64(s.fp[:], cd.Fingerprint())
 	s.c.SetRepairAll(func(context.Context) error { return s.gen.Bump(s.c) })
 	s.writeTimeout = opts.writeTimeout()
 	return s, nil
@@ -129,12 +132,24 @@ func (s *Store[T, K]) open(ctx context.Context, it *memcache.Item, v *T) decoded
 	return d
 }
 
-// decode decodes item into *v, with kind 0 for corrupt bytes.
+// kindForeign is a row cached by a store of another row type (another
+// release's T, whose codec has another fingerprint): its version compares
+// with ours, its bytes do not decode as T.
+const kindForeign protocol.Kind = 100
+
+// decode decodes item into *v, with kind 0 for corrupt bytes and
+// kindForeign for another row type's. A row's payload is the codec's
+// fingerprint (8 bytes) and the codec's bytes.
 func (s *Store[T, K]) decode(it *memcache.Item, v *T) decoded {
 	k, ver, payload, ok := protocol.OpenEnvelope(it.Flags, it.Value)
 	if ok && k == protocol.KindValue {
-		if err := s.codec.Decode(payload, v); err != nil {
+		switch {
+		case len(payload) < len(s.fp):
 			ok = false
+		case string(payload[:len(s.fp)]) != string(s.fp[:]):
+			return decoded{kind: kindForeign, version: ver}
+		default:
+			ok = s.codec.Decode(payload[len(s.fp):], v) == nil
 		}
 	}
 	if !ok {
@@ -150,7 +165,7 @@ func (s *Store[T, K]) envelope(ctx context.Context, key string, v *T, version in
 	if v == nil {
 		return protocol.FinishEnvelope(b), protocol.FlagsOf(protocol.KindAbsent)
 	}
-	b = protocol.FinishEnvelope(s.codec.Append(b, v))
+	b = protocol.FinishEnvelope(s.codec.Append(append(b, s.fp[:]...), v))
 	if len(b) > s.c.Opt.MaxItemSize {
 		s.c.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(b), s.c.Opt.MaxItemSize))
 		return nil, 0
@@ -207,6 +222,9 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 		case protocol.KindAbsent:
 			s.c.Hit(ctx, key)
 			return v, s.opErr(observe.OpGet, k, ErrNotFound)
+		case kindForeign:
+			s.c.Miss(ctx, key)
+			return s.readForeign(ctx, k, key, it)
 		}
 	case !protocol.IsMiss(err):
 		s.c.CacheErr(ctx, observe.StepGet, key, err)
@@ -256,6 +274,8 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 				return l, true
 			case protocol.KindAbsent:
 				return l, true
+			case kindForeign:
+				return protocol.Foreign, true
 			}
 			return nil, false
 		},
@@ -289,6 +309,56 @@ func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 		return nil, err
 	}
 	return &loaded[T]{v: v, found: true, at: at}, nil
+}
+
+// readForeign serves a Get whose key holds a row cached by another row type
+// (another release), whose version it can read but whose bytes it cannot
+// decode. It reads the database: if its row is as new as the cached one or
+// newer, it replaces the entry with its own encoding by CAS (a writer that
+// changed the key meanwhile makes the CAS fail, and keeps its newer value),
+// so entries convert to the reading release; if the cached row is newer,
+// its read is older than the cache and it reads again (twice at most, then
+// it deletes the key). Either way it never answers ahead of the cache.
+func (s *Store[T, K]) readForeign(ctx context.Context, k K, key string, it *memcache.Item) (T, error) {
+	var zero T
+	for try := 0; ; try++ {
+		_, cached, _, _ := protocol.OpenEnvelope(it.Flags, it.Value)
+		l, err := s.selectOne(ctx, k)
+		if err != nil {
+			return zero, s.opErr(observe.OpGet, k, err)
+		}
+		var ver int64
+		if l.found {
+			ver = s.versionOf(&l.v)
+		}
+		switch {
+		case !l.found || s.t.versionIdx < 0 || try == 2:
+			// Gone, or no versions to compare: no entry is better than one
+			// we cannot order against our read.
+			s.c.Invalidate(ctx, key)
+		case ver >= cached:
+			if value, flags := s.envelope(ctx, key, &l.v, ver); value != nil {
+				it.Value, it.Flags, it.Expiration = value, flags, s.c.Expiry(s.c.Opt.TTL, true)
+				if err := s.c.Cache.CompareAndSwap(it); err == nil {
+					s.c.Stats.Fills.Add(1)
+				} else if !protocol.IsLost(err) {
+					s.c.Invalidate(ctx, key)
+				}
+			}
+		default: // the cache holds a newer row than our read: read again
+			next, err := s.c.Cache.Get(key)
+			if err != nil || s.decode(next, new(T)).kind != kindForeign {
+				s.c.Invalidate(ctx, key) // changed again, or gone: take no chances
+				break
+			}
+			it = next
+			continue
+		}
+		if !l.found {
+			return zero, s.opErr(observe.OpGet, k, ErrNotFound)
+		}
+		return l.v, nil
+	}
 }
 
 // readRow reads the row of k from db: with Table.Load if set, else with

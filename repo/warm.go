@@ -227,11 +227,11 @@ func (s *Store[T, K]) verifyWarmed(ctx context.Context, chunk int, added []warme
 		for i := range cur {
 			now[s.t.keyOf(&cur[i])] = &cur[i]
 		}
-		var buf []byte
 		for j := range added {
 			c, ok := now[added[j].k]
+			var buf []byte
 			if ok {
-				buf = protocol.FinishEnvelope(s.codec.Append(protocol.BeginEnvelope(buf, 0), c))
+				buf, _ = s.envelope(ctx, added[j].key, c, 0)
 			}
 			stale[j] = !ok || !bytes.Equal(buf, added[j].value)
 		}

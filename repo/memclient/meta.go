@@ -222,7 +222,7 @@ func (c *Client) LeaseGet(key string, ttl int32) (*memcache.Item, *Lease, error)
 		mc.nc.Close()
 		return nil, nil, fmt.Errorf("memclient: malformed response %q", line)
 	}
-	it := &memcache.Item{Key: key, Flags: h.flags}
+	it := &memcache.Item{Key: key, Flags: h.flags, CasID: h.cas}
 	if it.Value, err = mc.appendValue(make([]byte, 0, h.size+2), h.size); err != nil {
 		return nil, nil, err
 	}

@@ -12,6 +12,12 @@ import (
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
+// Foreign is what Leased's use function returns for an item written by
+// another row type (another release): Leased deletes it and tries again.
+var Foreign any = foreign{}
+
+type foreign struct{}
+
 // A lease is a key's lease held by this caller, taken by Core.take.
 type lease interface {
 	// fill replaces the lease with value if it is still there and
@@ -233,8 +239,12 @@ func (c *Core) Leased(ctx context.Context, key string,
 			}
 			at := time.Now()
 			if it := l.fill(ctx, value, flags, exp, began); it != nil {
-				if r2, ok := use(it, at); ok {
+				r2, ok := use(it, at)
+				if ok && r2 != Foreign {
 					return r2, nil
+				}
+				if ok { // another row type wrote it meanwhile: answer ours, leave nothing to contradict it
+					c.Invalidate(ctx, key)
 				}
 			}
 			return r, nil
@@ -242,7 +252,14 @@ func (c *Core) Leased(ctx context.Context, key string,
 		default:
 			k, _, _, ok := OpenEnvelope(it.Flags, it.Value)
 			if !ok || k != KindLease {
-				if r, ok := use(it, at); ok {
+				r, ok := use(it, at)
+				if ok && r == Foreign {
+					// Another row type's entry: delete it, then try the
+					// lease again (a delete is always safe).
+					c.Invalidate(ctx, key)
+					break
+				}
+				if ok {
 					return r, nil
 				}
 				c.CacheErr(ctx, observe.StepDecode, key, ErrCorrupt)
