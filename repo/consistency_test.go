@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -53,6 +54,14 @@ type subject interface {
 	put(ctx context.Context, key int64, value string) error
 	del(ctx context.Context, key int64) error
 }
+
+// errNoop is what a subject's write returns when it did nothing.
+var errNoop = errors.New("no-op")
+
+// acker is a subject whose writes reach the cache only some time after they
+// return (writes behind the stores' backs, applied by the WAL invalidator):
+// ackDelay is that bound, in nanoseconds.
+type acker interface{ ackDelay() int64 }
 
 type storeSubject struct{ s *repo.Store[Product, int64] }
 
@@ -343,11 +352,16 @@ func runCkLoad(rctx context.Context, subjects []subject, workers, keys, firstCli
 						err = sub.del(rctx, key)
 					}
 					op.ret = now()
+					if errors.Is(err, errNoop) {
+						continue // a write that did nothing
+					}
 					if err != nil {
 						if op.in.op == 'r' {
 							continue // a failed read says nothing
 						}
 						op.ret = math.MaxInt64 // a failed write may have happened
+					} else if a, ok := sub.(acker); ok && op.in.op != 'r' {
+						op.ret += a.ackDelay() // acknowledged only once it can have reached the cache
 					}
 					local = append(local, op)
 				}
@@ -410,9 +424,27 @@ func (rig *ckRig) quiescence(t *testing.T, keys int) int {
 	}
 	for k := int64(1); k <= int64(keys); k++ {
 		var want string
-		err := e.Pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, k).Scan(&want)
+		var version int64
+		err := e.Pool.QueryRow(ctx, `SELECT name, version FROM products WHERE id = $1`, k).Scan(&want, &version)
 		if err != nil && !strings.Contains(err.Error(), "no rows") {
 			t.Fatal(err)
+		}
+		// First the raw entry, whichever release's row type wrote it: a row
+		// must carry the database's version, a "not found" stand for a
+		// missing row.
+		if it, err := mc.Get(checker.Key(k)); err == nil {
+			kind := it.Flags & 0xff
+			ver, n := binary.Uvarint(it.Value[min(4, len(it.Value)):])
+			switch {
+			case kind == 1 && (n <= 0 || int64(ver) != version):
+				mismatches++
+				t.Errorf("key %d after quiescence: a cached row of version %d, database version %d (%q)", k, ver, version, want)
+				continue
+			case kind == 2 && want != "":
+				mismatches++
+				t.Errorf("key %d after quiescence: cached as not found, database %q", k, want)
+				continue
+			}
 		}
 		got, err := storeSubject{checker}.get(ctx, k)
 		if err != nil || got != want {

@@ -314,51 +314,77 @@ func (s *Store[T, K]) selectOne(ctx context.Context, k K) (*loaded[T], error) {
 // readForeign serves a Get whose key holds a row cached by another row type
 // (another release), whose version it can read but whose bytes it cannot
 // decode. It reads the database: if its row is as new as the cached one or
-// newer, it replaces the entry with its own encoding by CAS (a writer that
-// changed the key meanwhile makes the CAS fail, and keeps its newer value),
-// so entries convert to the reading release; if the cached row is newer,
-// its read is older than the cache and it reads again (twice at most, then
-// it deletes the key). Either way it never answers ahead of the cache.
+// newer, it replaces the entry with its own encoding by CAS, so entries
+// convert to the reading release; if the cached row is newer, its read is
+// older than the cache and it reads again. It never answers ahead of the
+// cache: when its CAS loses, it looks at the key again (a row of its own
+// type as new as its read is the answer; an older one, or another foreign
+// one, is replaced in turn). After three rounds it deletes the key.
 func (s *Store[T, K]) readForeign(ctx context.Context, k K, key string, it *memcache.Item) (T, error) {
 	var zero T
-	for try := 0; ; try++ {
+	var l *loaded[T]
+	for try := 0; try < 3; try++ {
 		_, cached, _, _ := protocol.OpenEnvelope(it.Flags, it.Value)
-		l, err := s.selectOne(ctx, k)
-		if err != nil {
+		var err error
+		if l, err = s.selectOne(ctx, k); err != nil {
 			return zero, s.opErr(observe.OpGet, k, err)
 		}
-		var ver int64
-		if l.found {
-			ver = s.versionOf(&l.v)
+		if !l.found || s.t.versionIdx < 0 {
+			break // gone, or no versions to order the entry against our read
 		}
-		switch {
-		case !l.found || s.t.versionIdx < 0 || try == 2:
-			// Gone, or no versions to compare: no entry is better than one
-			// we cannot order against our read.
-			s.c.Invalidate(ctx, key)
-		case ver >= cached:
-			if value, flags := s.envelope(ctx, key, &l.v, ver); value != nil {
-				it.Value, it.Flags, it.Expiration = value, flags, s.c.Expiry(s.c.Opt.TTL, true)
-				if err := s.c.Cache.CompareAndSwap(it); err == nil {
-					s.c.Stats.Fills.Add(1)
-				} else if !protocol.IsLost(err) {
-					s.c.Invalidate(ctx, key)
-				}
-			}
-		default: // the cache holds a newer row than our read: read again
-			next, err := s.c.Cache.Get(key)
-			if err != nil || s.decode(next, new(T)).kind != kindForeign {
-				s.c.Invalidate(ctx, key) // changed again, or gone: take no chances
+		ver := s.versionOf(&l.v)
+		if ver >= cached {
+			value, flags := s.envelope(ctx, key, &l.v, ver)
+			if value == nil {
 				break
 			}
-			it = next
-			continue
+			it.Value, it.Flags, it.Expiration = value, flags, s.c.Expiry(s.c.Opt.TTL, true)
+			err := s.c.Cache.CompareAndSwap(it)
+			if err == nil {
+				s.c.Stats.Fills.Add(1)
+				return l.v, nil
+			}
+			if !protocol.IsLost(err) {
+				break
+			}
 		}
-		if !l.found {
-			return zero, s.opErr(observe.OpGet, k, ErrNotFound)
+		// The entry is newer than our read, or changed under our CAS: look again.
+		next, err := s.c.Cache.Get(key)
+		if protocol.IsMiss(err) {
+			return s.answer(l, k) // nothing cached to contradict our read
 		}
-		return l.v, nil
+		if err != nil {
+			break
+		}
+		var v T
+		d := s.decode(next, &v)
+		switch d.kind {
+		case protocol.KindValue:
+			if d.version >= ver {
+				return v, nil // the cache is as new as our read: its row is the answer
+			}
+		case protocol.KindAbsent:
+			if d.version >= ver {
+				return zero, s.opErr(observe.OpGet, k, ErrNotFound)
+			}
+		case kindForeign:
+		default: // a lease or corrupt bytes: a delete settles it
+			s.c.Invalidate(ctx, key)
+			return s.answer(l, k)
+		}
+		it = next
 	}
+	s.c.Invalidate(ctx, key)
+	return s.answer(l, k)
+}
+
+// answer returns a database read's result as Get does.
+func (s *Store[T, K]) answer(l *loaded[T], k K) (T, error) {
+	if !l.found {
+		var zero T
+		return zero, s.opErr(observe.OpGet, k, ErrNotFound)
+	}
+	return l.v, nil
 }
 
 // readRow reads the row of k from db: with Table.Load if set, else with

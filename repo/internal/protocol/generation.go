@@ -17,10 +17,12 @@ import (
 // Generation tracks a table's key generation. Every key carries it; bumping
 // it (InvalidateAll) makes every earlier key unreachable at once, in every
 // process, within GenerationRefresh. The counter lives in memcached under its
-// own key, starting at 0. If that key is lost (a restart, an eviction) it
-// comes back as 0: a restart loses the rows too, so nothing changes, and
-// processes never split between two generations because of it. The one
-// exception is documented on InvalidateAll.
+// own key, starting at 0. If that key is lost (a restart, an eviction), the
+// first process to read it puts back the generation it knows, and one that
+// finds a lower value than it knows raises it back: the generation never
+// goes back while any process remembers it (so processes do not split
+// between two generations). The one exception, every process having
+// forgotten, is documented on InvalidateAll.
 type Generation struct {
 	base    cachekeys.Builder // generation 0
 	key     string
@@ -76,10 +78,14 @@ func (g *Generation) readErr(c *Core) (*genState, error) {
 	now := time.Now()
 	st := &genState{keys: g.cur.Load().keys, checked: now}
 	failed := errors.New("repo: key generation unreadable")
+	known := st.keys.Generation()
 	for try := 0; try < 3; try++ {
 		it, err := c.Cache.Get(g.key)
 		if IsMiss(err) {
-			err = c.Cache.Add(&memcache.Item{Key: g.key, Value: []byte("0")})
+			// Lost (evicted, a restart) or never written: put back the
+			// generation this process knows, so processes that remember a
+			// bump do not fall back to 0 while others still use it.
+			err = c.Cache.Add(&memcache.Item{Key: g.key, Value: strconv.AppendUint(nil, known, 10)})
 			if err == nil || IsLost(err) {
 				continue
 			}
@@ -94,6 +100,16 @@ func (g *Generation) readErr(c *Core) (*genState, error) {
 			c.CacheErr(context.Background(), observe.StepGeneration, g.key, ErrCorrupt)
 			c.Invalidate(context.Background(), g.key)
 			continue
+		}
+		if n < known {
+			// Put back by a process that did not know the bump: the
+			// generation never goes back while some process remembers it.
+			it.Value = strconv.AppendUint(nil, known, 10)
+			if err := c.Cache.CompareAndSwap(it); err != nil && !IsLost(err) {
+				c.CacheErr(context.Background(), observe.StepGeneration, g.key, err)
+			}
+			failed = nil
+			break
 		}
 		st.keys = g.base.WithGeneration(n)
 		failed = nil
@@ -121,8 +137,10 @@ func (g *Generation) Bump(c *Core) error {
 		if !IsMiss(err) {
 			return err
 		}
-		// Missing (never read, or lost): start again above 0, the default.
-		if err := c.Cache.Set(&memcache.Item{Key: g.key, Value: []byte("1")}); err != nil {
+		// Missing (never read, or lost): start again above what this
+		// process knows.
+		next := g.cur.Load().keys.Generation() + 1
+		if err := c.Cache.Set(&memcache.Item{Key: g.key, Value: strconv.AppendUint(nil, next, 10)}); err != nil {
 			return err
 		}
 	}
