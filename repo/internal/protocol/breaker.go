@@ -42,6 +42,9 @@ type breaker struct {
 	until    time.Time
 	cooldown time.Duration
 	replay   <-chan error // the replay asked for after the last good probe
+	replayAt int64        // when it was asked for (unix nanos)
+
+	failedAt atomic.Int64 // unix nanos of the last transport failure seen
 }
 
 func newBreaker(threshold int, cooldown time.Duration, probe func() error, rec Recovery, changed func(bool, error)) *breaker {
@@ -71,6 +74,7 @@ func (b *breaker) allowRead() bool {
 			return false
 		}
 		if b.recovery != nil {
+			b.replayAt = time.Now().UnixNano()
 			b.replay = b.recovery.Replay()
 		}
 	}
@@ -80,6 +84,12 @@ func (b *breaker) allowRead() bool {
 			b.replay = nil
 			if err != nil {
 				b.reopen(err)
+				return false
+			}
+			if b.failedAt.Load() >= b.replayAt {
+				// The cache failed again since the replay was asked for:
+				// writes that failed then may have left outbox rows the
+				// replay did not see. Probe and replay again.
 				return false
 			}
 		default:
@@ -110,6 +120,9 @@ func (b *breaker) reopen(err error) {
 // record notes the outcome of one cache call. Successes only reset the
 // failure count of a closed breaker; an open one closes in allowRead.
 func (b *breaker) record(err error) {
+	if IsTransportErr(err) {
+		b.failedAt.Store(time.Now().UnixNano())
+	}
 	if !IsTransportErr(err) {
 		if b.bad.Load() != 0 && !b.open.Load() {
 			b.bad.Store(0)
@@ -127,7 +140,11 @@ func (b *breaker) record(err error) {
 // of this store may use the cache again before recovery has replayed the
 // outbox.
 func (b *breaker) trip(err error) {
-	if b == nil || b.open.Load() {
+	if b == nil {
+		return
+	}
+	b.failedAt.Store(time.Now().UnixNano())
+	if b.open.Load() {
 		return
 	}
 	b.mu.Lock()
