@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo"
-	"github.com/cachedrepo/cachedrepo/repo/aggregate"
 	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
@@ -70,16 +69,8 @@ var (
 	cacheClient  = testenv.CacheClient
 	mustRepairer = testenv.MustRepairer
 	aggCache     = testenv.AggCache
+	withCache    = testenv.WithCache
 )
-
-// withCache returns cfg with the cache and outbox settings of o.
-func withCache(cfg aggregate.LeaderboardConfig, o *repo.Options) aggregate.LeaderboardConfig {
-	cfg.Cache = aggCache(o)
-	if o != nil {
-		cfg.Repairer = o.Repairer
-	}
-	return cfg
-}
 
 func (e *env) products(t testing.TB, o *repo.Options) *repo.Store[Product, int64] {
 	t.Helper()

@@ -5,8 +5,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/cachedrepo/cachedrepo/repo"
-	"github.com/cachedrepo/cachedrepo/repo/aggregate"
 	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
@@ -27,16 +25,8 @@ var (
 	cacheClient  = testenv.CacheClient
 	mustRepairer = testenv.MustRepairer
 	aggCache     = testenv.AggCache
+	withCache    = testenv.WithCache
 )
-
-// withCache returns cfg with the cache and outbox settings of o.
-func withCache(cfg aggregate.LeaderboardConfig, o *repo.Options) aggregate.LeaderboardConfig {
-	cfg.Cache = aggCache(o)
-	if o != nil {
-		cfg.Repairer = o.Repairer
-	}
-	return cfg
-}
 
 func startPrivateMemcached(t testing.TB, args ...string) *repotest.MemcachedProcess {
 	t.Helper()

@@ -204,3 +204,12 @@ func (e *Env) WaitForLockWait(t testing.TB) {
 	}
 	t.Fatal("no backend started waiting on a lock")
 }
+
+// WithCache returns cfg with the cache and outbox settings of o.
+func WithCache(cfg aggregate.LeaderboardConfig, o *repo.Options) aggregate.LeaderboardConfig {
+	cfg.Cache = AggCache(o)
+	if o != nil {
+		cfg.Repairer = o.Repairer
+	}
+	return cfg
+}
