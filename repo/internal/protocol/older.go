@@ -33,9 +33,8 @@ func (c *Core) DeleteOlder(ctx context.Context, key string, version int64) error
 		if err != nil {
 			return true, err
 		}
-		k, ver, _, ok := OpenEnvelope(it.Flags, it.Value)
-		if ok && k != KindLease && ver >= version && !(k == KindAbsent && ver == 0) {
-			return true, nil // as new as the change, or newer
+		if current(it, version) {
+			return true, nil
 		}
 		it.Expiration = -1 // a CAS that expires the item at once: a conditional delete
 		err = c.Cache.CompareAndSwap(it)
@@ -60,6 +59,14 @@ func (c *Core) DeleteOlder(ctx context.Context, key string, version int64) error
 		return failed
 	}
 	return err
+}
+
+// current reports whether it caches a state as new as a change of row
+// version version, or newer: a row or tombstone of that version or later (not
+// a lease, not a "not found" without a version, not corrupt bytes).
+func current(it *memcache.Item, version int64) bool {
+	k, ver, _, ok := OpenEnvelope(it.Flags, it.Value)
+	return ok && k != KindLease && ver >= version && !(k == KindAbsent && ver == 0)
 }
 
 // pipeliner is the optional interface of a Cache that sends many
@@ -94,9 +101,8 @@ func (c *Core) DeleteOlderMany(ctx context.Context, keys []string, versions []in
 		if it == nil {
 			continue
 		}
-		kind, ver, _, valid := OpenEnvelope(it.Flags, it.Value)
-		if versions[i] > 0 && valid && kind != KindLease && ver >= versions[i] && !(kind == KindAbsent && ver == 0) {
-			continue // as new as the change, or newer
+		if versions[i] > 0 && current(it, versions[i]) {
+			continue
 		}
 		doomed = append(doomed, it)
 	}
