@@ -70,9 +70,11 @@
 // invalidates the slot (wal_status "lost"), and the next Run drops it,
 // calls InvalidateAll on every target (changes were lost, so nothing cached
 // can be trusted) and starts a new slot. The same happens the first time a
-// slot is created. Only commits that touched a target table advance the
-// confirmed position, so WAL of unrelated activity is retained until the
-// next such commit. SlotStatus reports the slot's state and retained bytes.
+// slot is created. A running invalidator confirms each batch after its cache
+// step, and, while nothing is pending, the position the server's keepalives
+// report as sent, so WAL of activity outside the publication is released
+// too (within a StatusInterval of the server's next keepalive). SlotStatus
+// reports the slot's state and retained bytes.
 //
 // Not covered: a Leaderboard's LocalTTL copies in other processes (they
 // expire after LocalTTL), and row types whose tables are not targets.

@@ -369,6 +369,7 @@ func (tx *walTxn) merge(o *walTxn) {
 func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 	relations := map[uint32]*pglogrepl.RelationMessage{}
 	var tx, batch walTxn
+	var inTx bool // between a BEGIN and its COMMIT
 	var confirmed, batchEnd pglogrepl.LSN
 	var commits []time.Time // of the batch's transactions with target changes
 	var batchStart time.Time
@@ -437,10 +438,16 @@ func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 			if err != nil {
 				return fmt.Errorf("invalidation: wal: %w", err)
 			}
-			// Only commits whose cache step ran are confirmed, never a
-			// keepalive's position: the server may not have decoded up to
-			// it yet. (So WAL of unrelated activity is retained until the
-			// next change to a target table; see the package docs.)
+			// A keepalive carries the position the server has decoded and
+			// sent up to: every transaction that committed before it has
+			// reached us, so when none is pending here (received and not
+			// yet applied, or begun and not yet committed) it is confirmed.
+			// Without this, WAL of activity outside the publication would
+			// be retained until the next change to a target table.
+			if !pending && !inTx && ka.ServerWALEnd > confirmed {
+				confirmed = ka.ServerWALEnd
+				nextStatus = time.Time{}
+			}
 			if ka.ReplyRequested {
 				nextStatus = time.Time{}
 			}
@@ -453,10 +460,14 @@ func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 			if err != nil {
 				return fmt.Errorf("invalidation: wal: %w", err)
 			}
+			if _, ok := m.(*pglogrepl.BeginMessage); ok {
+				inTx = true
+			}
 			c, ok := w.handle(m, relations, &tx)
 			if !ok {
 				break
 			}
+			inTx = false
 			if tx.size > 0 || len(tx.trunc) > 0 {
 				commits = append(commits, c.CommitTime)
 			}

@@ -440,3 +440,45 @@ func TestWALUnderLoad(t *testing.T) {
 		t.Fatalf("%d keys stale after the invalidator caught up (%v), %d changes lost, %d tables", stale, lagged, lost, st.Tables)
 	}
 }
+
+// WAL of activity outside the publication is released: with no change to a
+// target table, the invalidator confirms the position the server's
+// keepalives report, so the slot's confirmed position passes unrelated
+// writes (and the WAL they wrote is not retained). Changes to targets are
+// still applied afterwards, and a change held by a dead cache is never
+// confirmed past (TestWALConfirmsAfterTheCacheStep).
+func TestWALReleasesUnrelatedWAL(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{StatusInterval: 100 * time.Millisecond})
+	e := r.e
+	e.Exec(t, `CREATE TABLE unrelated (id bigint PRIMARY KEY, payload text)`)
+	e.Exec(t, `INSERT INTO unrelated SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g`)
+	var lsn string
+	if err := e.Pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	before := r.wal.Stats()
+	waitFor(t, "the confirmed position to pass the unrelated writes at "+lsn, func() bool {
+		var done bool
+		err := e.Pool.QueryRow(ctx, `SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = $2`, lsn, slotName(e)).Scan(&done)
+		return err == nil && done
+	})
+	if st := r.wal.Stats(); st.Transactions != before.Transactions {
+		t.Fatalf("unrelated writes counted as applied transactions: %d -> %d", before.Transactions, st.Transactions)
+	}
+	st, err := r.wal.SlotStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RetainedWAL > 1<<20 {
+		t.Fatalf("the slot retains %d bytes after 4 MB of unrelated writes", st.RetainedWAL)
+	}
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (7, 'A7', 'seven', 1, 100)`)
+	if _, err := r.products.Get(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	e.Exec(t, `UPDATE products SET name = 'by sql' WHERE id = 7`)
+	r.applied(t)
+	if p, err := r.products.Get(ctx, 7); err != nil || p.Name != "by sql" {
+		t.Fatalf("a change after the unrelated writes: %+v %v", p, err)
+	}
+}
