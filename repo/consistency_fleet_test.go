@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
@@ -75,67 +78,136 @@ type readOnly struct{ subject }
 func (readOnly) put(context.Context, int64, string) error { return errNoop }
 func (readOnly) del(context.Context, int64) error         { return errNoop }
 
-// fleetRun runs the checker over stores of two releases (v2: half of them
-// the next release's; shareKeys: on the same keys, as now, or each release
-// its own key space, as before) and, with sql, a writer behind their backs,
-// with or without the WAL invalidator. With storesWrite false the stores
-// only read.
-func fleetRun(t *testing.T, shareKeys, wal, v2, sql, storesWrite bool, faults []string, d time.Duration) ckResult {
+// fleetCfg is one run of the checker over stores of two releases and writers
+// behind their backs.
+type fleetCfg struct {
+	shareKeys   bool // the releases share keys (as now), or each its own key space (as before)
+	wal         bool // the WAL invalidator runs
+	v2          bool // half of the stores are the next release's
+	sql         bool // a client writes with plain SQL
+	storesWrite bool // the stores write (else they only read)
+	// oneway cuts instance 0's writes (not its reads) off memcached for
+	// 250ms in every 500ms; noDirty turns its record of failed
+	// invalidations off (the control).
+	oneway, noDirty bool
+	// late runs a writer whose statements commit after their caller's
+	// deadline (late-commit faults; see lateCommits).
+	late   bool
+	faults []string // injectFaults' kinds; nil: a control, no faults
+	d      time.Duration
+}
+
+// repairBound is how long after a write that failed to reach memcached the
+// other processes may still read the value before it: the Repairer's Delay
+// (200ms) plus an Interval (50ms), with room for a pass that waits on
+// another's rows and a loaded machine.
+const repairBound = time.Second
+
+// walLag is the WAL invalidator's lag bound the checker holds it to: writes
+// memcached learns of only from the WAL are acknowledged this long after
+// they committed.
+const walLag = time.Second
+
+// keyLocks keeps the load's writers off a key while a late-commit fault
+// owns it, so that the fault can tell when its own statement committed.
+type keyLocks []sync.RWMutex
+
+// guarded is a subject whose writes skip keys a fault owns.
+type guarded struct {
+	subject
+	locks keyLocks
+}
+
+func (g guarded) put(ctx context.Context, key int64, value string) error {
+	if !g.locks[key].TryRLock() {
+		return errNoop
+	}
+	defer g.locks[key].RUnlock()
+	return g.subject.put(ctx, key, value)
+}
+
+func (g guarded) del(ctx context.Context, key int64) error {
+	if !g.locks[key].TryRLock() {
+		return errNoop
+	}
+	defer g.locks[key].RUnlock()
+	return g.subject.del(ctx, key)
+}
+
+func (g guarded) ackDelay() int64 {
+	if a, ok := g.subject.(acker); ok {
+		return a.ackDelay()
+	}
+	return 0
+}
+
+// fleetRun runs the checker as cfg says. The stores that write through
+// instance 0 (clients 0..workers-1) are the one-way partitioned ones when
+// cfg.oneway is set: their own reads are checked strictly, the others' reads
+// against their writes acknowledged repairBound late.
+func fleetRun(t *testing.T, cfg fleetCfg) ckResult {
 	t.Helper()
 	const instances, workers, keys = 4, 5, 24
-	const lag = time.Second
 	rig := newCkRig(t, keys)
 	e, px := rig.e, rig.px
+	locks := make(keyLocks, keys+1)
 	var subjects []subject
 	var repairers []*invalidation.Repairer
 	var targets []invalidation.Target
 	var errs []func() uint64
+	var oneway *writesDown
 	for i := range instances {
 		pool := newCkPool(t, e.URL, workers)
 		mc, err := cacheClient(workers*2, time.Second, px.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i%2 == 0 || !v2 {
-			s, r := newCkStore(t, pool, mc, e.NS)
-			var sub subject = storeSubject{s}
-			if !storesWrite {
-				sub = readOnly{sub}
+		var cache repo.Cache = mc
+		if i == 0 && cfg.oneway {
+			oneway = &writesDown{Client: mc}
+			cache = oneway
+		}
+		var sub subject
+		if i%2 == 0 || !cfg.v2 {
+			s, r := newCkStore(t, pool, cache, e.NS)
+			if i == 0 && cfg.noDirty {
+				repo.ForgetFailedInvalidations(s)
 			}
-			subjects, repairers, targets = append(subjects, sub), append(repairers, r), append(targets, s)
+			sub, repairers, targets = storeSubject{s}, append(repairers, r), append(targets, s)
 			errs = append(errs, func() uint64 { return s.Stats().CacheErrors })
-			continue
-		}
-		// The next release. Before row types shared keys, each cached
-		// under its own key space: as a separate namespace does here.
-		ns := e.NS
-		if !shareKeys {
-			ns += "-v2"
-		}
-		r := mustRepairer(pool, mc, invalidation.RepairerConfig{Delay: 200 * time.Millisecond, Interval: 50 * time.Millisecond})
-		o := &repo.Options{Namespace: ns, Repairer: r, BreakerCooldown: 100 * time.Millisecond, LeaseWait: 50 * time.Millisecond}
-		s, err := repo.New(&hookDB{Beginner: pool, after: func(sql string) {
-			if strings.HasPrefix(sql, "SELECT") && !strings.Contains(sql, "FOR UPDATE") {
-				ckDelay()
+		} else {
+			// The next release. Before row types shared keys, each cached
+			// under its own key space: as a separate namespace does here.
+			ns := e.NS
+			if !cfg.shareKeys {
+				ns += "-v2"
 			}
-		}}, mc, productV2Table, o)
-		if err != nil {
-			t.Fatal(err)
+			r := mustRepairer(pool, cache, invalidation.RepairerConfig{Delay: 200 * time.Millisecond, Interval: 50 * time.Millisecond})
+			o := &repo.Options{Namespace: ns, Repairer: r, BreakerCooldown: 100 * time.Millisecond, LeaseWait: 50 * time.Millisecond}
+			s, err := repo.New(&hookDB{Beginner: pool, after: func(sql string) {
+				if strings.HasPrefix(sql, "SELECT") && !strings.Contains(sql, "FOR UPDATE") {
+					ckDelay()
+				}
+			}}, cache, productV2Table, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub, repairers = storeV2Subject{s}, append(repairers, r)
+			errs = append(errs, func() uint64 { return s.Stats().CacheErrors })
 		}
-		var sub subject = storeV2Subject{s}
-		if !storesWrite {
+		if !cfg.storesWrite {
 			sub = readOnly{sub}
 		}
-		subjects, repairers = append(subjects, sub), append(repairers, r)
-		errs = append(errs, func() uint64 { return s.Stats().CacheErrors })
+		subjects = append(subjects, guarded{sub, locks})
 	}
-	if sql {
-		subjects = append(subjects, sqlSubject{pool: newCkPool(t, e.URL, workers), reader: subjects[0], lag: lag})
+	if cfg.sql {
+		sub := sqlSubject{pool: newCkPool(t, e.URL, workers), reader: subjects[0], lag: walLag}
+		subjects = append(subjects, guarded{sub, locks})
 	}
 
 	start := time.Now()
 	rig.now = func() int64 { return int64(time.Since(start)) }
-	if wal {
+	if cfg.wal {
 		w, err := invalidation.NewWAL(invalidation.WALConfig{ConnString: e.URL, Slot: "ck_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToLower(e.NS)),
 			Targets: targets[:1], StatusInterval: 100 * time.Millisecond, RetryInterval: 100 * time.Millisecond})
 		if err != nil {
@@ -157,75 +229,285 @@ func fleetRun(t *testing.T, shareKeys, wal, v2, sql, storesWrite bool, faults []
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	rctx, stop := context.WithTimeout(ctx, d)
+	rctx, stop := context.WithTimeout(ctx, cfg.d)
 	defer stop()
 	var wg sync.WaitGroup
 	for _, r := range repairers {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = r.Run(rctx) }()
 	}
-	rig.injectFaults(t, rctx, &wg, faults)
+	rig.injectFaults(t, rctx, &wg, cfg.faults)
+	if oneway != nil {
+		wg.Add(1)
+		go func() { // the one-way partition, on and off
+			defer wg.Done()
+			for rctx.Err() == nil {
+				oneway.down.Store(true)
+				rig.faultLog.add(rig.now(), "one-way partition")
+				_ = sleep(rctx, 250*time.Millisecond)
+				oneway.down.Store(false)
+				rig.faultLog.add(rig.now(), "heal one-way")
+				rig.faults.Add(1)
+				_ = sleep(rctx, 250*time.Millisecond)
+			}
+		}()
+	}
+	var late []ckOp
+	if cfg.late {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			late = rig.lateCommits(t, rctx, locks, keys, instances*workers+100)
+		}()
+	}
 	history := runCkLoad(rctx, subjects, workers, keys, 0, "", rig.now)
 	wg.Wait()
 	px.Heal()
-	res := ckResult{ops: len(history), faults: int(rig.faults.Load())}
+	if oneway != nil {
+		oneway.down.Store(false)
+	}
+	history = append(history, late...)
+	res := ckResult{ops: len(history), faults: int(rig.faults.Load()), lateCommits: len(late)}
 	for _, f := range errs {
 		res.cacheErrors += int(f())
 	}
-	if faults == nil {
-		// A control: stale reads are its evidence, and porcupine on its
-		// long, broken histories only times out.
-		byKey := map[int64][]ckOp{}
+
+	// The views: without a one-way partition, one, checked in full. With
+	// it, the partitioned store's reads with every write as it returned,
+	// checked in full; and the others' reads with the partitioned store's
+	// writes acknowledged repairBound late, checked for stale reads only:
+	// until the repair, some of them read the cache's previous value and
+	// some (a miss, another release's entry) the database's, so their reads
+	// may go back and forth within the bound, which no linearization allows.
+	type view struct {
+		ops  []ckOp
+		full bool
+	}
+	views := []view{{history, cfg.faults != nil}}
+	if cfg.oneway {
+		own, others := []ckOp{}, []ckOp{}
 		for _, op := range history {
+			if op.in.op != 'r' || op.client < workers {
+				own = append(own, op)
+			}
+			if op.in.op != 'r' || op.client >= workers {
+				if op.in.op != 'r' && op.client < workers && op.ret != math.MaxInt64 {
+					op.ret += int64(repairBound)
+				}
+				others = append(others, op)
+			}
+		}
+		views = []view{{own, cfg.faults != nil}, {others, false}}
+	}
+	for _, v := range views {
+		if v.full {
+			rig.check(t, v.ops, keys, &res)
+			continue
+		}
+		// Stale reads only. (A control's evidence too: porcupine on its
+		// long, broken histories only times out.)
+		byKey := map[int64][]ckOp{}
+		for _, op := range v.ops {
 			byKey[op.key] = append(byKey[op.key], op)
 		}
 		for _, ops := range byKey {
 			res.staleReads += staleReads(ops)
 		}
-		return res
 	}
-	rig.check(t, history, keys, &res)
-	if wal && shareKeys {
-		time.Sleep(lag) // the last writes behind the stores' backs reach the cache
+	if cfg.faults != nil && cfg.shareKeys && (cfg.wal || !cfg.sql && !cfg.late) {
+		time.Sleep(walLag) // the last writes the WAL carries reach the cache
 		res.cacheMismatches = rig.quiescence(t, keys)
 	}
 	return res
 }
 
-// TestConsistencyReleasesAndBehindBack: the consistency checker with two
-// more faults. Half the stores read and write as the next release (another
-// row type, so another codec fingerprint) on the same keys, and a client
-// writes behind the stores' backs with plain SQL while the WAL invalidator
-// runs; its writes count as acknowledged one second (the lag bound) after
-// they return. Memcached restarts, killed backends, evictions and fill
-// delays run throughout. No read may be stale, every key must be
-// linearizable and the cache must equal the database afterwards. The
-// controls: without shared keys (each release its own key space, as before)
-// the same load shows violations, and so do writes behind the stores' backs
-// without the invalidator.
-func TestConsistencyReleasesAndBehindBack(t *testing.T) {
-	r := fleetRun(t, true, true, true, true, true, []string{"restart", "kill", "none"}, consistencyDuration())
+// lateCommits injects late-commit faults until rctx ends and returns their
+// writes. Each takes a key that exists off the load's writers, holds its row
+// lock in a transaction of its own, and lets a store whose database link
+// goes through a proxy delete or upsert the row with a 300ms deadline. Once
+// the statement waits on the lock, the link stalls (not even the cancel
+// request gets through), so the call fails with an unknown outcome while
+// the statement stays on the server and the load's readers fill the key
+// with the row. Then the lock is released, the statement commits, and the
+// write counts as acknowledged walLag after its commit was seen. The store has no Repairer, whose outbox
+// row would commit with the statement and repair it, and no second delete
+// (WriteTimeout < 0): only the WAL invalidator stands between the late
+// commit and a stale cache.
+func (rig *ckRig) lateCommits(t *testing.T, rctx context.Context, locks keyLocks, keys, client int) []ckOp {
+	e := rig.e
+	u, err := url.Parse(e.URL)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	dbpx := newProxy(t, u.Host)
+	u.Host = dbpx.Addr()
+	pcfg, err := pgxpool.ParseConfig(u.String())
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	pcfg.MaxConns = 1
+	pcfg.ConnConfig.RuntimeParams["application_name"] = "late"
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	defer pool.Close()
+	mc, err := cacheClient(2, time.Second, rig.px.Addr())
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	o := &repo.Options{Namespace: e.NS, WriteTimeout: -1}
+	s, err := repo.New(pool, mc, productTable, o)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	var ops []ckOp
+	for i := 0; sleep(rctx, 300*time.Millisecond) == nil; i++ {
+		key := int64(1 + rand.IntN(keys))
+		op, ok := rig.lateCommit(t, s, dbpx, &locks[key], key, i)
+		if !ok {
+			continue
+		}
+		op.client = client
+		op.ret += int64(walLag)
+		ops = append(ops, op)
+		rig.faults.Add(1)
+	}
+	return ops
+}
+
+// lateCommit runs one late-commit fault on key; op.ret is when its commit
+// was seen. ok is false when the row did not exist (nothing to wait on).
+func (rig *ckRig) lateCommit(t *testing.T, s *repo.Store[Product, int64], dbpx *proxy, lock *sync.RWMutex, key int64, i int) (op ckOp, ok bool) {
+	e := rig.e
+	lock.Lock() // the load's writers are done with the key, and stay off it
+	defer lock.Unlock()
+	defer dbpx.Heal()
+	tx, err := e.Pool.Begin(ctx)
+	if err != nil {
+		t.Error(err)
+		return op, false
+	}
+	defer tx.Rollback(ctx)
+	var name string
+	if err := tx.QueryRow(ctx, `SELECT name FROM products WHERE id = $1 FOR UPDATE`, key).Scan(&name); err != nil {
+		return op, false // the row is gone: a statement would not wait
+	}
+	op = ckOp{key: key, in: ckInput{'d', ""}}
+	if i%2 == 0 {
+		op.in = ckInput{'w', fmt.Sprintf("late%d", i)}
+	}
+	dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	op.call = rig.now()
+	go func() {
+		if op.in.op == 'w' {
+			done <- storeSubject{s}.put(dctx, key, op.in.value)
+		} else {
+			done <- storeSubject{s}.del(dctx, key)
+		}
+	}()
+	waitLate(t, e)
+	dbpx.Partition()
+	rig.faultLog.add(rig.now(), "late-commit stall")
+	if err := <-done; err == nil {
+		t.Errorf("a write blocked on a row lock over a stalled link succeeded")
+		return op, false
+	}
+	_ = sleep(ctx, 50*time.Millisecond) // readers fill the key with the row meanwhile
+	if err := tx.Commit(ctx); err != nil {
+		t.Error(err)
+		return op, false
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var got string
+		err := e.Pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, key).Scan(&got)
+		if op.in.op == 'd' && errors.Is(err, pgx.ErrNoRows) || op.in.op == 'w' && err == nil && got == op.in.value {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the stalled write on key %d never committed (%q, %v)", key, got, err)
+			return op, false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	op.ret = rig.now()
+	rig.faultLog.add(op.ret, "late commit")
+	return op, true
+}
+
+// waitLate waits until the late writer's statement waits on a lock.
+func waitLate(t *testing.T, e *env) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		var n int
+		if err := e.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'late' AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Error(err)
+			return
+		}
+		if n > 0 {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Error("the late writer never waited on the row lock")
+}
+
+// TestConsistencyEveryChange: the consistency checker with the faults of
+// changes the stores did not make through the cache. Half the stores read
+// and write as the next release (another row type, so another codec
+// fingerprint) on the same keys; a client writes behind the stores' backs
+// with plain SQL while the WAL invalidator runs, its writes acknowledged one
+// second (the lag bound) after they return; a writer's statements commit
+// after its caller's deadline, acknowledged the lag bound after they
+// committed; one store's writes cannot reach memcached for 250ms in every
+// 500ms while its reads still do. Memcached restarts, killed backends,
+// evictions and fill delays run throughout. No read may be stale: the
+// one-way partitioned store's own reads strictly, and linearizable with every
+// write; the others' reads within the outbox's repair bound of its writes
+// (fleetRun says why they are not checked for linearizability). After
+// quiescence the cache must equal the database. Each fault has a control,
+// without faults or evictions (which hide stale entries by dropping them),
+// that shows violations without the fix: each release its own key space;
+// writes behind the stores' backs without the invalidator (only the SQL
+// writer writes: under the full mix, the stores' own writes overwrite its
+// stale entries within the lag bound, and nothing shows); late commits
+// without it; a one-way partition without the record of failed
+// invalidations.
+func TestConsistencyEveryChange(t *testing.T) {
+	cfg := fleetCfg{shareKeys: true, wal: true, v2: true, sql: true, storesWrite: true, oneway: true, late: true,
+		faults: []string{"restart", "kill", "none"}, d: consistencyDuration()}
+	r := fleetRun(t, cfg)
 	violations := r.staleReads + r.badKeys + r.cacheMismatches
-	fmt.Printf("consistency: protocol=store faults=behind-back,releases,restart,kill,evict,delay instances=4 processes=1 ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
-		r.ops, r.faults, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches, r.cacheErrors)
+	fmt.Printf("consistency: protocol=store faults=behind-back,releases,late-commit,oneway,restart,kill,evict,delay instances=4 processes=1 ops=%d faults=%d late_commits=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
+		r.ops, r.faults, r.lateCommits, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d keys not linearizable, %d cache mismatches", r.staleReads, r.badKeys, r.cacheMismatches)
 	}
-	if r.faults == 0 || r.ops < 2000 {
-		t.Fatalf("the run proves little: %d ops, %d faults", r.ops, r.faults)
+	if r.faults == 0 || r.lateCommits == 0 || r.ops < 2000 {
+		t.Fatalf("the run proves little: %d ops, %d faults, %d late commits", r.ops, r.faults, r.lateCommits)
 	}
-	// The controls, without faults or evictions (which hide stale entries
-	// by dropping them). The behind-back one lets only the SQL writer
-	// write: under the full mix, the stores' own writes overwrite its stale
-	// entries within the lag bound, and nothing shows.
 	for _, c := range []struct {
-		name                            string
-		shareKeys, wal, v2, storesWrite bool
-	}{{"releases", false, true, true, true}, {"behind-back", true, false, false, false}} {
-		r := fleetRun(t, c.shareKeys, c.wal, c.v2, true, c.storesWrite, nil, 3*time.Second)
+		name string
+		cfg  fleetCfg
+	}{
+		{"releases", fleetCfg{wal: true, v2: true, sql: true, storesWrite: true}},
+		{"behind-back", fleetCfg{shareKeys: true, sql: true}},
+		{"late-commit", fleetCfg{shareKeys: true, late: true}},
+		{"oneway", fleetCfg{shareKeys: true, storesWrite: true, oneway: true, noDirty: true}},
+	} {
+		c.cfg.d = 3 * time.Second
+		r := fleetRun(t, c.cfg)
 		v := r.staleReads + r.badKeys
-		fmt.Printf("consistency: protocol=old-%s faults=%s instances=4 processes=1 ops=%d violations=%d stale_reads=%d\n",
-			c.name, c.name, r.ops, v, r.staleReads)
+		fmt.Printf("consistency: protocol=old-%s faults=%s instances=4 processes=1 ops=%d late_commits=%d violations=%d stale_reads=%d\n",
+			c.name, c.name, r.ops, r.lateCommits, v, r.staleReads)
 		if v == 0 {
 			t.Errorf("control %s: the checker found nothing wrong without the fix", c.name)
 		}
@@ -234,92 +516,22 @@ func TestConsistencyReleasesAndBehindBack(t *testing.T) {
 
 // TestConsistencyOneWay: one store's writes cannot reach memcached for
 // 250ms in every 500ms while its reads still do (a one-way partition), the
-// other stores are unaffected. That store must never read stale: its own
+// other stores are unaffected, evictions run throughout, and only the outbox
+// repairs (no WAL invalidator). That store must never read stale: its own
 // failed write-throughs are read from the database until its own deletes of
 // them succeed, and the others' write-throughs reach the cache it reads.
 // The other stores may read the previous value of a key the partitioned
-// store wrote until its outbox row is replayed (the documented bound, the
-// Repairer's Delay plus an Interval), never later; and after quiescence the
-// cache must equal the database.
+// store wrote until its outbox row is replayed (repairBound), never later;
+// and after quiescence the cache must equal the database.
 func TestConsistencyOneWay(t *testing.T) {
-	const instances, workers, keys = 4, 5, 24
-	// The Repairer's Delay (200ms) plus an Interval (50ms), with room for a
-	// pass that waits on another's rows and a loaded machine.
-	const repairBound = time.Second
-	rig := newCkRig(t, keys)
-	e, px := rig.e, rig.px
-	var subjects []subject
-	var repairers []*invalidation.Repairer
-	var oneway *writesDown
-	for i := range instances {
-		pool := newCkPool(t, e.URL, workers)
-		mc, err := cacheClient(workers*2, time.Second, px.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cache repo.Cache = mc
-		if i == 0 {
-			oneway = &writesDown{Client: mc}
-			cache = oneway
-		}
-		s, r := newCkStore(t, pool, cache, e.NS)
-		subjects, repairers = append(subjects, storeSubject{s}), append(repairers, r)
-	}
-	start := time.Now()
-	rig.now = func() int64 { return int64(time.Since(start)) }
-	rctx, stop := context.WithTimeout(ctx, consistencyDuration())
-	defer stop()
-	var wg sync.WaitGroup
-	for _, r := range repairers {
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = r.Run(rctx) }()
-	}
-	wg.Add(1)
-	go func() { // the one-way partition, on and off
-		defer wg.Done()
-		for rctx.Err() == nil {
-			oneway.down.Store(true)
-			rig.faultLog.add(rig.now(), "one-way partition")
-			_ = sleep(rctx, 250*time.Millisecond)
-			oneway.down.Store(false)
-			rig.faultLog.add(rig.now(), "heal")
-			rig.faults.Add(1)
-			_ = sleep(rctx, 250*time.Millisecond)
-		}
-	}()
-	history := runCkLoad(rctx, subjects, workers, keys, 0, "", rig.now)
-	wg.Wait()
-	oneway.down.Store(false)
-
-	// Per key: every write, and the reads of the partitioned store (clients
-	// 0..workers-1), then the reads of the others.
-	own, others := map[int64][]ckOp{}, map[int64][]ckOp{}
-	for _, op := range history {
-		if op.in.op != 'r' || op.client < workers {
-			own[op.key] = append(own[op.key], op)
-		}
-		if op.in.op != 'r' || op.client >= workers {
-			if op.in.op != 'r' && op.client < workers && op.ret != math.MaxInt64 {
-				// For the others, the partitioned store's writes are
-				// acknowledged when the outbox replay can have run.
-				op.ret += int64(repairBound)
-			}
-			others[op.key] = append(others[op.key], op)
-		}
-	}
-	ownStale, othersStale := 0, 0 // othersStale: beyond the repair bound
-	for k := range int64(keys) {
-		ownStale += staleReads(own[k+1])
-		othersStale += staleReads(others[k+1])
-	}
-	mismatches := rig.quiescence(t, keys)
-	violations := ownStale + othersStale + mismatches
-	fmt.Printf("consistency: protocol=store faults=oneway instances=%d processes=1 ops=%d faults=%d violations=%d stale_reads_partitioned=%d stale_reads_others_past_repair_bound=%d cache_mismatches=%d\n",
-		instances, len(history), rig.faults.Load(), violations, ownStale, othersStale, mismatches)
+	r := fleetRun(t, fleetCfg{shareKeys: true, storesWrite: true, oneway: true, faults: []string{"none"}, d: consistencyDuration()})
+	violations := r.staleReads + r.badKeys + r.cacheMismatches
+	fmt.Printf("consistency: protocol=store faults=oneway,evict,delay instances=4 processes=1 ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d\n",
+		r.ops, r.faults, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches)
 	if violations != 0 {
-		t.Fatalf("violations: %d stale reads by the partitioned store, %d by the others past %v, %d cache mismatches", ownStale, othersStale, repairBound, mismatches)
+		t.Fatalf("violations: %d stale reads, %d keys not linearizable, %d cache mismatches", r.staleReads, r.badKeys, r.cacheMismatches)
 	}
-	if rig.faults.Load() == 0 || len(history) < 2000 {
-		t.Fatalf("the run proves little: %d ops, %d faults", len(history), rig.faults.Load())
+	if r.faults == 0 || r.ops < 2000 {
+		t.Fatalf("the run proves little: %d ops, %d faults", r.ops, r.faults)
 	}
 }

@@ -147,6 +147,7 @@ type ckResult struct {
 	unprovenKeys                     int // porcupine timed out
 	unseenFailedWrites               int
 	cacheMismatches, cacheErrors     int
+	lateCommits                      int // writes that committed after their caller's deadline
 }
 
 func runConsistency(t *testing.T, cfg ckConfig) ckResult {

@@ -99,3 +99,11 @@ func (c *Core) repairOverflow(ctx context.Context) bool {
 	d.mu.Unlock()
 	return true
 }
+
+// ForgetDirty turns the record of dirty keys off: the core serves keys it
+// failed to invalidate. Only tests call it, as the control of the one-way
+// partition checker.
+func (c *Core) ForgetDirty() {
+	c.dirtyCap = 0
+	c.repairAll = nil
+}
