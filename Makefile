@@ -12,10 +12,13 @@ MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached
 ADAPTERS := repo/repootel
 
 ## test: run all tests with the race detector, the adapters' modules included
-## (installs memcached if missing and root)
+## (installs memcached if missing and root), then print the summary lines the
+## tests measured (consistency:, wal:, herd:, ...)
 test: check-memcached
-	$(GO) test -race -count=1 ./...
-	@for m in $(ADAPTERS); do echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; done
+	@summary="$$(mktemp)"; rc=0; \
+	CACHEDREPO_SUMMARY="$$summary" $(GO) test -race -count=1 ./... || rc=$$?; \
+	for m in $(ADAPTERS); do [ $$rc = 0 ] || break; echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || rc=$$?; done; \
+	echo "== summary lines"; cat "$$summary"; rm -f "$$summary"; exit $$rc
 
 check-memcached:
 	@if ! command -v memcached >/dev/null 2>&1; then \

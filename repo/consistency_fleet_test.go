@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 )
 
@@ -486,7 +487,7 @@ func TestConsistencyEveryChange(t *testing.T) {
 		faults: []string{"restart", "kill", "none"}, d: consistencyDuration()}
 	r := fleetRun(t, cfg)
 	violations := r.staleReads + r.badKeys + r.cacheMismatches
-	fmt.Printf("consistency: protocol=store faults=behind-back,releases,late-commit,oneway,restart,kill,evict,delay instances=4 processes=1 ops=%d faults=%d late_commits=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
+	testenv.Summaryf("consistency: protocol=store faults=behind-back,releases,late-commit,oneway,restart,kill,evict,delay instances=4 processes=1 ops=%d faults=%d late_commits=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
 		r.ops, r.faults, r.lateCommits, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d keys not linearizable, %d cache mismatches", r.staleReads, r.badKeys, r.cacheMismatches)
@@ -506,7 +507,7 @@ func TestConsistencyEveryChange(t *testing.T) {
 		c.cfg.d = 3 * time.Second
 		r := fleetRun(t, c.cfg)
 		v := r.staleReads + r.badKeys
-		fmt.Printf("consistency: protocol=old-%s faults=%s instances=4 processes=1 ops=%d late_commits=%d violations=%d stale_reads=%d\n",
+		testenv.Summaryf("consistency: protocol=old-%s faults=%s instances=4 processes=1 ops=%d late_commits=%d violations=%d stale_reads=%d\n",
 			c.name, c.name, r.ops, r.lateCommits, v, r.staleReads)
 		if v == 0 {
 			t.Errorf("control %s: the checker found nothing wrong without the fix", c.name)
@@ -526,7 +527,7 @@ func TestConsistencyEveryChange(t *testing.T) {
 func TestConsistencyOneWay(t *testing.T) {
 	r := fleetRun(t, fleetCfg{shareKeys: true, storesWrite: true, oneway: true, faults: []string{"none"}, d: consistencyDuration()})
 	violations := r.staleReads + r.badKeys + r.cacheMismatches
-	fmt.Printf("consistency: protocol=store faults=oneway,evict,delay instances=4 processes=1 ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d\n",
+	testenv.Summaryf("consistency: protocol=store faults=oneway,evict,delay instances=4 processes=1 ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d\n",
 		r.ops, r.faults, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d keys not linearizable, %d cache mismatches", r.staleReads, r.badKeys, r.cacheMismatches)

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 )
 
 // The consistency checker across processes. The parent test sets up the
@@ -86,7 +88,7 @@ func TestConsistencyProcesses(t *testing.T) {
 		faults: []string{"restart", "kill", "none"}}
 	r := runConsistencyProcesses(t, cfg)
 	violations := r.staleReads + r.badKeys + r.cacheMismatches
-	fmt.Printf("consistency: protocol=store faults=restart,kill,evict,delay instances=%d processes=%d ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
+	testenv.Summaryf("consistency: protocol=store faults=restart,kill,evict,delay instances=%d processes=%d ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
 		cfg.instances, cfg.instances, r.ops, r.faults, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d keys not linearizable, %d cache mismatches", r.staleReads, r.badKeys, r.cacheMismatches)

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/invalidation"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
@@ -556,7 +557,7 @@ func TestConsistencyStore(t *testing.T) {
 		faults: []string{"restart", "kill", "none"}}
 	r := runConsistency(t, cfg)
 	violations := r.staleReads + r.badKeys + r.cacheMismatches
-	fmt.Printf("consistency: protocol=store faults=restart,kill,evict,delay instances=%d processes=1 ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
+	testenv.Summaryf("consistency: protocol=store faults=restart,kill,evict,delay instances=%d processes=1 ops=%d faults=%d violations=%d stale_reads=%d nonlinearizable_keys=%d unproven_keys=%d cache_mismatches=%d cache_errors=%d\n",
 		cfg.instances, r.ops, r.faults, violations, r.staleReads, r.badKeys, r.unprovenKeys, r.cacheMismatches, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d keys not linearizable, %d cache mismatches", r.staleReads, r.badKeys, r.cacheMismatches)
@@ -579,7 +580,7 @@ func TestConsistencyStorePartition(t *testing.T) {
 		faults: []string{"partition", "none"}}
 	r := runConsistency(t, cfg)
 	violations := r.staleReads + r.cacheMismatches
-	fmt.Printf("consistency: protocol=store faults=partition,evict,delay instances=%d processes=1 ops=%d faults=%d violations=%d stale_reads=%d cache_mismatches=%d nonlinearizable_keys_after_heal=%d unproven_keys=%d cache_errors=%d\n",
+	testenv.Summaryf("consistency: protocol=store faults=partition,evict,delay instances=%d processes=1 ops=%d faults=%d violations=%d stale_reads=%d cache_mismatches=%d nonlinearizable_keys_after_heal=%d unproven_keys=%d cache_errors=%d\n",
 		cfg.instances, r.ops, r.faults, violations, r.staleReads, r.cacheMismatches, r.badKeys, r.unprovenKeys, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d cache mismatches", r.staleReads, r.cacheMismatches)
@@ -595,7 +596,7 @@ func TestConsistencyNaiveFails(t *testing.T) {
 	cfg := ckConfig{protocol: "naive", instances: 4, workers: 6, keys: 24, duration: 4 * time.Second,
 		faults: []string{"restart", "kill", "partition"}}
 	r := runConsistency(t, cfg)
-	fmt.Printf("consistency: protocol=naive instances=%d processes=1 ops=%d faults=%d violations=%d nonlinearizable_keys=%d\n",
+	testenv.Summaryf("consistency: protocol=naive instances=%d processes=1 ops=%d faults=%d violations=%d nonlinearizable_keys=%d\n",
 		cfg.instances, r.ops, r.faults, r.staleReads, r.badKeys)
 	if r.staleReads == 0 || r.badKeys == 0 {
 		t.Fatalf("the checker found nothing wrong with the naive protocol (%d stale reads, %d bad keys)", r.staleReads, r.badKeys)

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
@@ -263,7 +264,7 @@ func TestHerd(t *testing.T) {
 
 	selects, other := h.queries()
 	sum, _ := h.stats()
-	fmt.Printf("herd: readers=%d instances=%d db_queries=%d\n", herdReaders, herdInstances, selects)
+	testenv.Summaryf("herd: readers=%d instances=%d db_queries=%d\n", herdReaders, herdInstances, selects)
 	t.Logf("lease holder: store %d; stats over all stores: %+v", h.holder.Load(), sum)
 	if selects != 1 || other != 0 {
 		t.Fatalf("%d primary-key SELECTs and %d other statements, want exactly 1 and 0", selects, other)
@@ -310,7 +311,7 @@ func TestHerdHolderCallerCancelled(t *testing.T) {
 
 	selects, other := h.queries()
 	sum, _ := h.stats()
-	fmt.Printf("herd: readers=%d instances=%d holder=cancelled db_queries=%d\n", herdReaders, herdInstances, selects)
+	testenv.Summaryf("herd: readers=%d instances=%d holder=cancelled db_queries=%d\n", herdReaders, herdInstances, selects)
 	if selects != 1 || other != 0 || sum.Fills != 1 {
 		t.Fatalf("%d SELECTs, %d other statements, %d fills; want 1, 0, 1 (stats %+v)", selects, other, sum.Fills, sum)
 	}
@@ -393,7 +394,7 @@ func TestHerdDeadHolder(t *testing.T) {
 
 			selects, other := h.queries()
 			sum, _ := h.stats()
-			fmt.Printf("herd: readers=%d instances=%d holder=dead/%s lease_ttl=%v lease_wait=%v db_queries=%d\n",
+			testenv.Summaryf("herd: readers=%d instances=%d holder=dead/%s lease_ttl=%v lease_wait=%v db_queries=%d\n",
 				herdReaders, herdInstances, tc.name, tc.leaseTTL, tc.leaseWait, selects)
 			t.Logf("readers done in %v (%v after the lease was taken); stats over the 4 stores: %+v",
 				took.Round(time.Millisecond), time.Since(leased).Round(time.Millisecond), sum)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 )
 
 // ProductV2 is the products row as a next release reads it: without
@@ -109,7 +110,7 @@ func TestRollingDeploy(t *testing.T) {
 		}
 	}
 	after := next.Stats().DBReads - b1.DBReads
-	fmt.Printf("releases: reads=%d db_reads_during_deploy=%d (%.2f per read) db_reads_after=%d for %d keys, %v\n",
+	testenv.Summaryf("releases: reads=%d db_reads_during_deploy=%d (%.2f per read) db_reads_after=%d for %d keys, %v\n",
 		reads, during, float64(during)/float64(reads), after, keys, time.Since(start).Round(time.Millisecond))
 	if after != 0 {
 		t.Fatalf("%d database reads after the deploy: the last conversions should have left every key cached for the new release", after)

@@ -220,7 +220,7 @@ func TestCounterConcurrent(t *testing.T) {
 		t.Errorf("increments=%d db=%d cache=%d", total, dbTotal, cacheTotal)
 	}
 	t.Logf("present before refill %d/%d, cas_conflicts=%d cache_errors=%d", present, len(names), conflicts, cacheErrs)
-	fmt.Printf("counter: increments=%d db=%d cache=%d\n", total, dbTotal, cacheTotal)
+	testenv.Summaryf("counter: increments=%d db=%d cache=%d\n", total, dbTotal, cacheTotal)
 }
 
 // TestCounterMixedDeltas: concurrent positive and negative deltas sum

@@ -569,7 +569,7 @@ func TestLeaderboardConcurrent(t *testing.T) {
 	}
 	t.Logf("removes=%d drops=%d evictions=%d lists_present_at_check=%d/%d",
 		removes.Load(), drops, evictions, present, boards*instances)
-	fmt.Printf("leaderboard: submits=%d boards=%d top_equal=%v cas_conflicts=%d rebuilds=%d\n",
+	testenv.Summaryf("leaderboard: submits=%d boards=%d top_equal=%v cas_conflicts=%d rebuilds=%d\n",
 		submits.Load(), boards, topEqual, conflicts, rebuilds)
 }
 

@@ -2,11 +2,11 @@ package invalidation_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 )
 
 // BenchmarkWALApply measures the invalidator applying one committed UPDATE
@@ -71,5 +71,5 @@ func BenchmarkWALApply(b *testing.B) {
 	}
 	b.ReportMetric(walRate, "rows/s")
 	b.ReportMetric(rawRate, "raw-rows/s")
-	fmt.Printf("wal-bench: rows_per_s=%.0f raw_rows_per_s=%.0f ratio=%.2f\n", walRate, rawRate, walRate/rawRate)
+	testenv.Summaryf("wal-bench: rows_per_s=%.0f raw_rows_per_s=%.0f ratio=%.2f\n", walRate, rawRate, walRate/rawRate)
 }

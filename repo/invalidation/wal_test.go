@@ -253,7 +253,7 @@ func TestWALBehindTheBack(t *testing.T) {
 	if st.Ignored == 0 || st.Truncates != 1 || st.Changes < 7 {
 		t.Fatalf("stats %+v: want ignored changes, one truncate, at least 7 changes", st)
 	}
-	fmt.Printf("wal: behind-back changes=%d ignored=%d truncates=%d lag_p50_ms=%.1f lag_p99_ms=%.1f\n",
+	testenv.Summaryf("wal: behind-back changes=%d ignored=%d truncates=%d lag_p50_ms=%.1f lag_p99_ms=%.1f\n",
 		st.Changes, st.Ignored, st.Truncates, ms(st.LagP50), ms(st.LagP99))
 }
 
@@ -434,7 +434,7 @@ func TestWALUnderLoad(t *testing.T) {
 	// failed in transit may still have committed, so applied changes may
 	// exceed the count.
 	lost := max(0, keys+writes.Load()+r.markers-int64(st.Changes))
-	fmt.Printf("wal: changes=%d tables=%d stale_after_lag=%d lag_p50_ms=%.1f lag_p99_ms=%.1f lost=%d\n",
+	testenv.Summaryf("wal: changes=%d tables=%d stale_after_lag=%d lag_p50_ms=%.1f lag_p99_ms=%.1f lost=%d\n",
 		st.Changes, st.Tables, stale, ms(st.LagP50), ms(st.LagP99), lost)
 	if stale != 0 || lost != 0 || st.Tables != 2 { // products, and counters for the markers
 		t.Fatalf("%d keys stale after the invalidator caught up (%v), %d changes lost, %d tables", stale, lagged, lost, st.Tables)
