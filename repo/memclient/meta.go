@@ -42,6 +42,12 @@ func (c *Client) conn(key string) (*metaConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.connTo(addr)
+}
+
+// connTo returns an idle or new connection to the server at addr.
+func (c *Client) connTo(addr net.Addr) (*metaConn, error) {
+	c.gm()
 	v, ok := c.pools.Load(addr.String())
 	if !ok {
 		v, _ = c.pools.LoadOrStore(addr.String(), &metaPool{})
@@ -58,6 +64,7 @@ func (c *Client) conn(key string) (*metaConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout())
 	defer cancel()
 	var nc net.Conn
+	var err error
 	if c.mc.DialContext != nil {
 		nc, err = c.mc.DialContext(ctx, addr.Network(), addr.String())
 	} else {
