@@ -49,14 +49,30 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 		ckeys[i] = s.keyWith(kb, k)
 	}
 
-	cacheOK := s.c.AllowRead()
+	// Over a fleet, keys whose server's breaker is open are read from the
+	// database (and, as below, nothing of this call is filled); the other
+	// servers' hits still answer.
+	use, cacheOK := ckeys, true
+	for i, key := range ckeys {
+		if !s.c.AllowRead(key) {
+			if cacheOK {
+				use, cacheOK = append([]string(nil), ckeys[:i]...), false
+			}
+			continue
+		}
+		if !cacheOK {
+			use = append(use, key)
+		}
+	}
 	var items map[string]*memcache.Item
-	if cacheOK {
+	if len(use) > 0 {
 		var err error
-		if items, err = s.c.GetMulti(ckeys); err != nil {
-			s.c.CacheErr(ctx, observe.StepGet, ckeys[0], err)
-			s.c.Trip(err) // see Get
-			cacheOK, items = false, nil
+		if items, err = s.c.GetMulti(use); err != nil {
+			// The servers that failed are tripped (see Get); what the
+			// others answered stands.
+			s.c.CacheErr(ctx, observe.StepGet, use[0], err)
+			s.c.TripMany(use, err)
+			cacheOK = false
 		}
 	}
 	var missing []int // indexes into uniq
@@ -137,8 +153,8 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 		out[s.t.keyOf(&rows[i])] = rows[i]
 	}
 	if !cacheOK {
-		if s.c.Cheap() { // see readAround
-			for _, i := range missing {
+		for _, i := range missing {
+			if s.c.Cheap(ckeys[i]) { // see readAround
 				_ = s.c.Cache.Delete(ckeys[i])
 			}
 		}

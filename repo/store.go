@@ -203,7 +203,7 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 		return v, s.opErr(observe.OpGet, k, err)
 	}
 	key := s.Key(k)
-	if !s.c.AllowRead() || !s.c.Clean(ctx, key) {
+	if !s.c.AllowRead(key) || !s.c.Clean(ctx, key) {
 		return s.readAround(ctx, k, key)
 	}
 	it, l, err := s.c.Get(key)
@@ -228,7 +228,7 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 		}
 	case !protocol.IsMiss(err):
 		s.c.CacheErr(ctx, observe.StepGet, key, err)
-		s.c.Trip(err)
+		s.c.Trip(key, err)
 		return s.readAround(ctx, k, key)
 	}
 	s.c.Miss(ctx, key)
@@ -405,7 +405,7 @@ func (s *Store[T, K]) readRow(ctx context.Context, db DB, k K) (T, error) {
 // and later readers fill it afresh.
 func (s *Store[T, K]) readAround(ctx context.Context, k K, key string) (T, error) {
 	v, err := s.readDB(ctx, k)
-	if s.c.Cheap() {
+	if s.c.Cheap(key) {
 		_ = s.c.Cache.Delete(key)
 	}
 	return v, err

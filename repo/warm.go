@@ -94,7 +94,7 @@ func (s *Store[T, K]) Warm(ctx context.Context, rows []T) (stored int, err error
 	if len(rows) == 0 {
 		return 0, nil
 	}
-	if !s.c.AllowRead() {
+	if !s.c.AllowRead(s.Key(s.t.keyOf(&rows[0]))) {
 		return 0, s.warmErr(errBreakerOpen)
 	}
 	for start := 0; start < len(rows); start += warmChunkRows {
@@ -153,7 +153,7 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
 		case protocol.IsTransportErr(err):
 			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 			added = append(added, w)
-			if failures++; failures >= s.c.Opt.BreakerFailures || !s.c.Closed() {
+			if failures++; failures >= s.c.Opt.BreakerFailures || !s.c.Closed(w.key) {
 				stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
 			}
 		default: // refused for this item alone (e.g. the server's own size limit)

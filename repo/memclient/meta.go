@@ -321,7 +321,7 @@ func (c *Client) getMulti(keys []string) (map[string]*memcache.Item, error) {
 		return nil, err
 	}
 	if len(groups) == 1 {
-		return out, c.getChunks(groups[0], out)
+		return out, c.serverErr(groups[0][0], c.getChunks(groups[0], out))
 	}
 	res := make([]map[string]*memcache.Item, len(groups))
 	errs := make([]error, len(groups))
@@ -329,7 +329,7 @@ func (c *Client) getMulti(keys []string) (map[string]*memcache.Item, error) {
 	for i, g := range groups {
 		res[i] = make(map[string]*memcache.Item, len(g))
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = c.getChunks(g, res[i]) }()
+		go func() { defer wg.Done(); errs[i] = c.serverErr(g[0], c.getChunks(g, res[i])) }()
 	}
 	wg.Wait()
 	for _, m := range res {
@@ -538,6 +538,7 @@ func (c *Client) DeleteIfUnchanged(items []*memcache.Item) (changed []string, er
 				ch, errs[i] = c.deletePipeline(g[:min(len(g), pipelineKeys)], byKey)
 				res[i] = append(res[i], ch...)
 			}
+			errs[i] = c.serverErr(g[0], errs[i])
 		}()
 	}
 	wg.Wait()

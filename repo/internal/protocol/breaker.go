@@ -188,10 +188,11 @@ func IsTransportErr(err error) bool {
 	return true
 }
 
-// guarded is a Cache that reports every call's outcome to a breaker.
+// guarded is a Cache that reports every call's outcome to the breaker of
+// the key's server.
 type guarded struct {
 	Cache
-	b *breaker
+	c *Core
 }
 
 // readAttempts bounds how often a read is tried when its connection fails
@@ -200,11 +201,18 @@ type guarded struct {
 const readAttempts = 3
 
 func (g guarded) Get(key string) (*memcache.Item, error) {
-	return retryRead(func() (*memcache.Item, error) { return g.Cache.Get(key) }, g.b)
+	return retryRead(func() (*memcache.Item, error) { return g.Cache.Get(key) }, g.c.breakerOf(key))
 }
 
-func (g guarded) GetMulti(keys []string) (map[string]*memcache.Item, error) {
-	return retryRead(func() (map[string]*memcache.Item, error) { return g.Cache.GetMulti(keys) }, g.b)
+func (g guarded) GetMulti(keys []string) (items map[string]*memcache.Item, err error) {
+	for range readAttempts {
+		items, err = g.Cache.GetMulti(keys)
+		g.c.recordMany(keys, err)
+		if !retryable(err) {
+			break
+		}
+	}
+	return items, err
 }
 
 // retryRead runs read up to readAttempts times while it fails fast,
@@ -227,21 +235,23 @@ func retryRead[R any](read func() (R, error), b *breaker) (r R, err error) {
 // reset connection), since another timeout would double the wait.
 func retryable(err error) bool { return IsTransportErr(err) && !isTimeout(err) }
 
-func (g guarded) Add(it *memcache.Item) error { return g.rec(g.Cache.Add(it)) }
+func (g guarded) Add(it *memcache.Item) error { return g.rec(it.Key, g.Cache.Add(it)) }
 
-func (g guarded) Set(it *memcache.Item) error { return g.rec(g.Cache.Set(it)) }
+func (g guarded) Set(it *memcache.Item) error { return g.rec(it.Key, g.Cache.Set(it)) }
 
-func (g guarded) CompareAndSwap(it *memcache.Item) error { return g.rec(g.Cache.CompareAndSwap(it)) }
+func (g guarded) CompareAndSwap(it *memcache.Item) error {
+	return g.rec(it.Key, g.Cache.CompareAndSwap(it))
+}
 
-func (g guarded) Delete(key string) error { return g.rec(g.Cache.Delete(key)) }
+func (g guarded) Delete(key string) error { return g.rec(key, g.Cache.Delete(key)) }
 
 func (g guarded) Increment(key string, delta uint64) (uint64, error) {
 	n, err := g.Cache.Increment(key, delta)
-	g.b.record(err)
+	g.c.breakerOf(key).record(err)
 	return n, err
 }
 
-func (g guarded) rec(err error) error {
-	g.b.record(err)
+func (g guarded) rec(key string, err error) error {
+	g.c.breakerOf(key).record(err)
 	return err
 }

@@ -30,23 +30,23 @@ func TestBreakerWaitsForAFreshReplay(t *testing.T) {
 	rec := &replays{}
 	c := New(mc, Config{BreakerCooldown: time.Millisecond}, rec)
 	cut := &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset")}
-	c.Trip(cut)
-	if c.AllowRead() || len(rec.asked) != 1 {
+	c.Trip("k", cut)
+	if c.AllowRead("k") || len(rec.asked) != 1 {
 		t.Fatalf("after the probe: allowed, or %d replays asked for; want a replay and no reads", len(rec.asked))
 	}
-	if c.AllowRead() {
+	if c.AllowRead("k") {
 		t.Fatal("reads allowed while the replay runs")
 	}
-	c.br.record(cut) // the cache fails again during the replay
+	c.breakerOf("k").record(cut) // the cache fails again during the replay
 	rec.asked[0] <- nil
-	if c.AllowRead() {
+	if c.AllowRead("k") {
 		t.Fatal("reads allowed after a replay that a later failure may have outrun")
 	}
-	if c.AllowRead() || len(rec.asked) != 2 {
+	if c.AllowRead("k") || len(rec.asked) != 2 {
 		t.Fatalf("%d replays asked for, want a second one", len(rec.asked))
 	}
 	rec.asked[1] <- nil
-	if !c.AllowRead() || !c.Closed() {
+	if !c.AllowRead("k") || !c.Closed("k") {
 		t.Fatal("the breaker stayed open after a clean replay")
 	}
 }

@@ -51,7 +51,9 @@ type Core struct {
 	raw   Cache // Cache without the breaker
 	Stats Counters
 
-	br       *breaker
+	br       *breaker    // the breaker of a cache that cannot place keys
+	nodes    *nodes      // the breakers per server of one that can
+	rec      Recovery    // may be nil
 	meta     leaseReader // nil if the cache cannot take leases in reads
 	observed bool        // some hook is set
 
@@ -82,14 +84,14 @@ type Counters struct {
 // applied). rec, if not nil, must have replayed the outbox before the
 // breaker closes again.
 func New(cache Cache, cfg Config, rec Recovery) *Core {
-	c := &Core{Opt: cfg.WithDefaults(), dirtyCap: maxDirty}
+	c := &Core{Opt: cfg.WithDefaults(), dirtyCap: maxDirty, rec: rec, raw: cache}
 	h := &c.Opt.Hooks
 	c.observed = h.Event != nil || h.OpStart != nil || h.OpEnd != nil
-	c.br = newBreaker(c.Opt.BreakerFailures, c.Opt.BreakerCooldown, func() error {
-		_, err := retryRead(func() (*memcache.Item, error) { return cache.Get(c.Opt.Namespace + ":probe") }, nil)
-		return err
-	}, rec, c.breakerEvent)
-	c.Cache, c.raw = guarded{Cache: cache, b: c.br}, cache
+	c.br = c.newBreaker(c.Opt.Namespace + ":probe")
+	if s, ok := cache.(serverOf); ok {
+		c.nodes = &nodes{of: s}
+	}
+	c.Cache = guarded{Cache: cache, c: c}
 	if m, ok := cache.(leaseReader); ok {
 		c.meta = m
 	}
@@ -210,18 +212,21 @@ func (c *Core) breakerEvent(open bool, err error) {
 	c.Emit(context.Background(), observe.Event{Kind: k, Err: err})
 }
 
-// AllowRead reports whether a read may use the cache now (see breaker).
-func (c *Core) AllowRead() bool { return c.br.allowRead() }
+// AllowRead reports whether a read of key may use the cache now (see
+// breaker; over a fleet, the breaker of key's server).
+func (c *Core) AllowRead(key string) bool { return c.breakerOf(key).allowRead() }
 
-// Trip opens the breaker at once: a read gave up on the cache after err.
-func (c *Core) Trip(err error) { c.br.trip(err) }
+// Trip opens the breaker of key's server at once: a read of key gave up on
+// the cache after err.
+func (c *Core) Trip(key string, err error) { c.breakerOf(key).trip(err) }
 
-// Closed reports whether the breaker is closed (reads use the cache).
-func (c *Core) Closed() bool { return !c.br.open.Load() }
+// Closed reports whether the breaker of key's server is closed (reads use
+// the cache).
+func (c *Core) Closed(key string) bool { return !c.breakerOf(key).open.Load() }
 
-// Cheap reports whether a cache request costs little now (the breaker is
-// closed, or it opened on a fast failure rather than a timeout).
-func (c *Core) Cheap() bool { return c.br.cheap() }
+// Cheap reports whether a cache request for key costs little now (its
+// breaker is closed, or it opened on a fast failure rather than a timeout).
+func (c *Core) Cheap(key string) bool { return c.breakerOf(key).cheap() }
 
 // IsMiss reports whether err is memcached's "not found".
 func IsMiss(err error) bool { return errors.Is(err, memcache.ErrCacheMiss) }
@@ -293,7 +298,7 @@ func (c *Core) Get(key string) (*memcache.Item, *memclient.Lease, error) {
 
 func (c *Core) metaGet(key string) (*memcache.Item, *memclient.Lease, error) {
 	it, l, err := c.meta.LeaseGet(key, c.Expiry(c.Opt.LeaseTTL, false))
-	c.br.record(err)
+	c.breakerOf(key).record(err)
 	return it, l, err
 }
 
@@ -302,7 +307,7 @@ func (c *Core) metaGet(key string) (*memcache.Item, *memclient.Lease, error) {
 func (c *Core) GetMulti(keys []string) (map[string]*memcache.Item, error) {
 	if c.meta != nil {
 		items, err := c.raw.GetMulti(keys)
-		c.br.record(err)
+		c.recordMany(keys, err)
 		return items, err
 	}
 	return c.Cache.GetMulti(keys)
@@ -388,7 +393,7 @@ func ownLease(it *memcache.Item, token uint64) bool {
 // load under the lease) from a cache that cannot be used (false: the breaker
 // is open, or the read failed and tripped it; read the database).
 func (c *Core) Read(ctx context.Context, key string, open func(*memcache.Item) (any, bool)) (v any, hit, ok bool) {
-	if !c.AllowRead() || !c.Clean(ctx, key) {
+	if !c.AllowRead(key) || !c.Clean(ctx, key) {
 		return nil, false, false
 	}
 	it, err := c.Cache.Get(key)
@@ -404,7 +409,7 @@ func (c *Core) Read(ctx context.Context, key string, open func(*memcache.Item) (
 		}
 	case !IsMiss(err):
 		c.CacheErr(ctx, observe.StepGet, key, err)
-		c.Trip(err)
+		c.Trip(key, err)
 		return nil, false, false
 	}
 	c.Miss(ctx, key)

@@ -110,7 +110,13 @@ func (c *Core) DeleteOlderMany(ctx context.Context, keys []string, versions []in
 		return nil
 	}
 	changed, err := p.DeleteIfUnchanged(doomed)
-	c.br.record(err)
+	if err != nil {
+		dk := make([]string, len(doomed))
+		for i, it := range doomed {
+			dk[i] = it.Key
+		}
+		c.recordMany(dk, err)
+	}
 	if errors.Is(err, memclient.ErrNoMeta) {
 		changed, err = nil, nil
 		for _, it := range doomed {
