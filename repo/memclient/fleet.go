@@ -20,7 +20,9 @@ type ServerError struct {
 	Err  error
 }
 
-func (e *ServerError) Error() string { return "memclient: server " + e.Addr.String() + ": " + e.Err.Error() }
+func (e *ServerError) Error() string {
+	return "memclient: server " + e.Addr.String() + ": " + e.Err.Error()
+}
 
 // Unwrap returns the server's error.
 func (e *ServerError) Unwrap() error { return e.Err }
