@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 GO ?= go
 FUZZTIME ?= 20s
-MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached
+MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached nutcracker
 
 .PHONY: test vet bench fuzz check-memcached demo demo-full check-go
 

@@ -9,9 +9,10 @@
 //	mc, err := memclient.New(memclient.Config{Servers: []string{"127.0.0.1:11211"}})
 //
 // Server selection is pluggable (Config.Selector takes any
-// memcache.ServerSelector); by default it is gomemcache's ServerList. The
-// zero Client is a client over no servers: every call fails with
-// memcache.ErrNoServers, none panics.
+// memcache.ServerSelector); by default it is a Ketama ring, the consistent
+// hashing of twemproxy and libmemcached, so adding a server to n moves only
+// about 1/(n+1) of the keys. The zero Client is a client over no servers:
+// every call fails with memcache.ErrNoServers, none panics.
 //
 // # The meta requests
 //
@@ -50,13 +51,14 @@ import (
 
 // Config configures New. Exactly one of Servers and Selector is required.
 type Config struct {
-	// Servers are the memcached addresses ("host:port" or a Unix socket
-	// path), placed by gomemcache's ServerList (crc32 of the key, mod the
-	// number of servers). Ignored when Selector is set.
+	// Servers are the memcached servers, each "host:port" or
+	// "host:port:weight" (or a Unix socket path), whose keys a Ketama ring
+	// places as twemproxy's "distribution: ketama" with "hash: md5" does
+	// (see NewKetama and ParseServers). Ignored when Selector is set.
 	Servers []string
 
 	// Selector picks the server of each key, for both the classic and the
-	// meta requests. Default: a memcache.ServerList over Servers.
+	// meta requests. Default: a Ketama over Servers.
 	Selector memcache.ServerSelector
 
 	// Timeout bounds each round trip (connect, write, read). Default 250ms.
@@ -92,11 +94,11 @@ func New(cfg Config) (*Client, error) {
 		if len(cfg.Servers) == 0 {
 			return nil, errors.New("memclient: Config needs Servers or a Selector")
 		}
-		var sl memcache.ServerList
-		if err := sl.SetServers(cfg.Servers...); err != nil {
+		k, err := newKetamaOf(cfg.Servers)
+		if err != nil {
 			return nil, err
 		}
-		sel = &sl
+		sel = k
 	}
 	mc := memcache.NewFromSelector(sel)
 	mc.Timeout = cfg.Timeout
