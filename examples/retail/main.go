@@ -11,6 +11,7 @@
 //	retail serve                   run the HTTP API (graceful shutdown on SIGINT/SIGTERM)
 //	retail load [-compare]         run the load test (and the report with -compare)
 //	retail invalidator             keep the cache in line with changes made by SQL (the WAL invalidator)
+//	retail cache add-node -node a  pre-warm a new memcached node before it joins MEMCACHED_ADDR
 //	retail healthcheck             exit 0 if the service at HTTP_ADDR is healthy
 //
 // Configuration comes from the environment (see config.go): DATABASE_URL,
@@ -47,6 +48,7 @@ commands:
   serve         run the HTTP API on HTTP_ADDR
   load          run the load generator; -compare runs it with CACHE=on and CACHE=off and writes a report
   invalidator   tail PostgreSQL's WAL and apply changes made behind the stores' backs to memcached
+  cache         cache operations: add-node -node host:port copies to a new memcached node the keys it will own
   healthcheck   GET /healthz of the service on HTTP_ADDR (for container healthchecks)
 
 Run 'retail <command> -h' for the flags of a command. Configuration is read
@@ -145,6 +147,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		return runInvalidator(ctx, cfg, log, *slot, *interval, stdout)
+	case "cache":
+		return runCache(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		if err := fs.Parse(args); err != nil {
 			return err
