@@ -141,6 +141,30 @@
 // database connections and partitions, and strict linearizability except
 // around a partition's heal.
 //
+// A fleet. Over a *memclient.Client the breaker above is one per memcached
+// server: while a node is down, only its keys are read from the database
+// (no timeout per request once its breaker is open) and the other nodes'
+// keys keep hitting. Changing the server list goes through a
+// memclient.Migration (old ring A, new ring B) whose five phases app
+// instances take one at a time. Over a Migration a Store's write-through
+// runs on the primary ring and deletes the key on its owner in the other
+// ring, A's step before B's, whatever the primary ring held; invalidations
+// (deletes, the outbox replay, the WAL invalidator) reach both owners; and
+// in the fallback phase a miss on B is answered from A under both rings'
+// leases (a copy from A lands on B only through B's lease; a miss on A too
+// holds A's lease while the database is read, so that fillers of the two
+// rings never race). Instances in adjacent phases never read a row older
+// than a write acknowledged before the read began, and after the migration
+// the cache equals the database; while a write is under way, instances
+// reading different rings may disagree until it returns (one ring is
+// changed before the other). Skipping a phase breaks the first guarantee.
+// Sweep the new ring (memclient.Migration.Sweep) before the fallback
+// phase: entries a server kept from an earlier list would be read there.
+// Cache-only values (aggregate.CASValue, aggregate.CacheCounter) live on
+// their primary ring: a migration deletes the other ring's copy on every
+// change and does not carry them over, so they start again from nothing
+// once reads move to B.
+//
 // # Limits
 //
 // The guarantees above are for readers and writers that go through Stores.

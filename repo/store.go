@@ -15,6 +15,7 @@ import (
 	"github.com/cachedrepo/cachedrepo/cachekeys"
 	"github.com/cachedrepo/cachedrepo/internal/codec"
 	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
@@ -209,6 +210,11 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 	it, l, err := s.c.Get(key)
 	if l != nil { // a miss, and the lease is ours
 		s.c.Miss(ctx, key)
+		if fb := s.c.Fallback(key); fb != nil {
+			if v, err, ok := s.fromFallback(ctx, fb, k, key, l); ok {
+				return v, err
+			}
+		}
 		defer s.c.HandOff(key, l)()
 		return s.load(ctx, k, key)
 	}
@@ -233,6 +239,69 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 	}
 	s.c.Miss(ctx, key)
 	return s.load(ctx, k, key)
+}
+
+// fromFallback answers a miss of key, whose lease l this read took on the
+// new ring, from the old ring of a migration in its fallback phase, where
+// readers of the previous phase still fill entries. It reads the old ring
+// under the lease protocol too, so that the two rings' fillers never race:
+//   - an entry of this row type there is returned and copied to the new
+//     ring through l (never by a blind set: a writer that deleted the lease
+//     meanwhile wins). It is current: every writer in the phases next to
+//     this one changes the old ring before the new, so a read of the old
+//     ring after l was taken sees any change that did not take l from us.
+//   - a miss there takes the old ring's lease too, and holds it while the
+//     load reads the database and fills l: no reader of the old ring can
+//     fill it meanwhile with an older read, which other readers would then
+//     see after ours.
+//   - another reader's lease there: wait for its fill, as for a lease on
+//     one ring, up to LeaseWait; then load, and delete that slow lease.
+//
+// ok is false when the old ring cannot help (unreachable, another row
+// type's entry): l is then still ours, for the caller's load.
+func (s *Store[T, K]) fromFallback(ctx context.Context, fb *memclient.Client, k K, key string, l *memclient.Lease) (v T, err error, ok bool) {
+	deadline := time.Now().Add(s.c.Opt.LeaseWait)
+	backoff := time.Millisecond
+	for {
+		it, old, gerr := fb.LeaseGet(key, s.c.Expiry(s.c.Opt.LeaseTTL, false))
+		switch {
+		case gerr != nil:
+			return v, nil, false
+		case old != nil: // missing there too; its lease is ours
+			defer old.Release()
+			defer s.c.HandOff(key, l)()
+			v, err = s.load(ctx, k, key)
+			return v, err, true
+		}
+		kind := protocol.KindLease // an empty placeholder: another reader's lease
+		if len(it.Value) != 0 || it.Flags != 0 {
+			kind = s.open(ctx, it, &v).kind
+		}
+		switch kind {
+		case protocol.KindValue, protocol.KindAbsent:
+			ttl := s.c.Opt.TTL
+			if kind == protocol.KindAbsent {
+				ttl = s.c.Opt.NegativeTTL
+				err = s.opErr(observe.OpGet, k, ErrNotFound)
+			}
+			s.c.FillFrom(ctx, l, it, s.c.Expiry(ttl, true))
+			return v, err, true
+		case protocol.KindLease: // another reader fills the old ring
+			if time.Now().After(deadline) {
+				defer s.c.HandOff(key, l)()
+				v, err = s.load(ctx, k, key)
+				_ = fb.Delete(key) // a delete is always safe
+				return v, err, true
+			}
+			if err := protocol.Sleep(ctx, backoff); err != nil {
+				l.Release()
+				return v, s.opErr(observe.OpGet, k, err), true
+			}
+			backoff = min(2*backoff, 32*time.Millisecond)
+		default:
+			return v, nil, false
+		}
+	}
 }
 
 type loaded[T any] struct {

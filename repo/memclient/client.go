@@ -34,6 +34,19 @@
 // LeaseGet keeps returning ErrNoMeta (callers fall back to an Add lease), and
 // GetMulti uses gomemcache's.
 //
+// # A fleet
+//
+// Client.Server names the server of a key, so the cache protocol keeps a
+// breaker per server: while one node is down only its keys are read from
+// the database. A dead node is never ejected from the ring by itself (its
+// keys would come back stale when it returns): changing the server list is
+// a Migration, an old and a new ring in one of five phases that app
+// instances step through one at a time (see Phase), with Sweep and Prewarm
+// (which lists each server's keys with Client.Keys, memcached's
+// "lru_crawler metadump") preparing the new ring before reads move to it.
+// The same mechanism moves a whole pool to new servers: pymemcache's
+// FallbackClient, without its stale sets.
+//
 // gomemcache has no context: each round trip is bounded by Config.Timeout.
 // A Client is safe for concurrent use.
 package memclient

@@ -97,10 +97,24 @@ func (c *Core) CASLoop(ctx context.Context, key string, modify func([]byte, bool
 // failure is reported. It reports whether the cache holds nothing older
 // than the write.
 func (c *Core) PutVersioned(ctx context.Context, key string, value []byte, flags uint32, exp int32, version int64) bool {
+	// In a migration the key is also deleted on its other ring's owner,
+	// whatever the primary ring's step finds (a miss there writes nothing).
+	ok := true
+	if err := c.onPrimary([]string{key}, func(cache Cache) error {
+		ok = c.putVersioned(ctx, cache, key, value, flags, exp, version)
+		return nil
+	}); err != nil {
+		c.notInvalidated(ctx, observe.StepWrite, key, err)
+		return false
+	}
+	return ok
+}
+
+func (c *Core) putVersioned(ctx context.Context, cache Cache, key string, value []byte, flags uint32, exp int32, version int64) bool {
 	deleted := Kind(flags&0xff) == KindAbsent
 	ok := true
 	err := c.Retry(context.WithoutCancel(ctx), false, func() (bool, error) {
-		it, err := c.Cache.Get(key)
+		it, err := cache.Get(key)
 		if IsMiss(err) {
 			return true, nil
 		}
@@ -122,7 +136,7 @@ func (c *Core) PutVersioned(ctx context.Context, key string, value []byte, flags
 			return true, nil
 		}
 		it.Value, it.Flags, it.Expiration = value, flags, exp
-		err = c.Cache.CompareAndSwap(it)
+		err = cache.CompareAndSwap(it)
 		switch {
 		case err == nil, IsMiss(err), errors.Is(err, memcache.ErrNotStored):
 			return true, nil // stored, or evicted meanwhile: nothing stale left

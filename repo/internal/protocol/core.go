@@ -268,14 +268,21 @@ func Sleep(ctx context.Context, d time.Duration) error {
 // see Clean). It reports whether the key is gone.
 func (c *Core) Invalidate(ctx context.Context, key string) bool {
 	if err := c.Cache.Delete(key); err != nil && !IsMiss(err) {
-		c.CacheErr(ctx, observe.StepDelete, key, err)
-		c.markDirty(key)
-		if c.lost != nil {
-			c.lost(ctx, key)
-		}
+		c.notInvalidated(ctx, observe.StepDelete, key, err)
 		return false
 	}
 	return true
+}
+
+// notInvalidated reports that step failed to invalidate key with err, and
+// remembers the key as dirty (see Clean) and, where the core does that, in
+// the outbox.
+func (c *Core) notInvalidated(ctx context.Context, step observe.Step, key string, err error) {
+	c.CacheErr(ctx, step, key, err)
+	c.markDirty(key)
+	if c.lost != nil {
+		c.lost(ctx, key)
+	}
 }
 
 // Get reads key: over a lease-taking cache, taking the key's lease on a miss

@@ -18,15 +18,21 @@ import (
 // error only when the cache could not be reached (the caller must retry: the
 // change has not reached the cache).
 func (c *Core) DeleteOlder(ctx context.Context, key string, version int64) error {
+	return c.onPrimary([]string{key}, func(cache Cache) error { return c.deleteOlder(ctx, cache, key, version) })
+}
+
+// deleteOlder is DeleteOlder on cache (the core's Cache, or in a migration
+// its primary ring's, guarded).
+func (c *Core) deleteOlder(ctx context.Context, cache Cache, key string, version int64) error {
 	if version <= 0 {
-		if err := c.Cache.Delete(key); err != nil && !IsMiss(err) {
+		if err := cache.Delete(key); err != nil && !IsMiss(err) {
 			return err
 		}
 		return nil
 	}
 	var failed error
 	err := c.Retry(context.WithoutCancel(ctx), false, func() (bool, error) {
-		it, err := c.Cache.Get(key)
+		it, err := cache.Get(key)
 		if IsMiss(err) {
 			return true, nil
 		}
@@ -37,7 +43,7 @@ func (c *Core) DeleteOlder(ctx context.Context, key string, version int64) error
 			return true, nil
 		}
 		it.Expiration = -1 // a CAS that expires the item at once: a conditional delete
-		err = c.Cache.CompareAndSwap(it)
+		err = cache.CompareAndSwap(it)
 		switch {
 		case err == nil, IsMiss(err), errors.Is(err, memcache.ErrNotStored):
 			return true, nil
@@ -50,7 +56,7 @@ func (c *Core) DeleteOlder(ctx context.Context, key string, version int64) error
 	})
 	if errors.Is(err, ErrRetriesExhausted) {
 		// Changing under us all the time: delete it outright.
-		if err := c.Cache.Delete(key); err != nil && !IsMiss(err) {
+		if err := cache.Delete(key); err != nil && !IsMiss(err) {
 			return err
 		}
 		return nil
@@ -82,16 +88,21 @@ type pipeliner interface {
 // DeleteOlder for each key that changed between the two; elsewhere one
 // DeleteOlder per key.
 func (c *Core) DeleteOlderMany(ctx context.Context, keys []string, versions []int64) error {
-	p, ok := c.raw.(pipeliner)
+	return c.onPrimary(keys, func(cache Cache) error { return c.deleteOlderMany(ctx, cache, keys, versions) })
+}
+
+func (c *Core) deleteOlderMany(ctx context.Context, cache Cache, keys []string, versions []int64) error {
+	p, ok := cache.(guarded).Cache.(pipeliner)
 	if !ok || len(keys) < 2 {
 		for i, k := range keys {
-			if err := c.DeleteOlder(ctx, k, versions[i]); err != nil {
+			if err := c.deleteOlder(ctx, cache, k, versions[i]); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	items, err := c.GetMulti(keys)
+	items, err := cache.(guarded).Cache.GetMulti(keys)
+	c.recordMany(keys, err)
 	if err != nil {
 		return err
 	}
@@ -135,7 +146,7 @@ func (c *Core) DeleteOlderMany(ctx context.Context, keys []string, versions []in
 	}
 	for _, k := range changed { // written meanwhile: look again, one by one
 		c.CASConflict(ctx, k)
-		if err := c.DeleteOlder(ctx, k, version[k]); err != nil {
+		if err := c.deleteOlder(ctx, cache, k, version[k]); err != nil {
 			return err
 		}
 	}
