@@ -60,7 +60,8 @@ func (r *rolling) Fallback(key string) *memclient.Client { return r.cur().Fallba
 // migration through the phases in phases, and the instances switch phase
 // one at a time, at random moments, each only once every instance has left
 // the phase before the one it leaves (so at most two adjacent phases run
-// side by side, as in a rollout). phases lists the phases a migration goes
+// side by side, as in a rollout). With kill, a node is killed every 500ms,
+// and either restarted at once or after 300ms down. phases lists the phases a migration goes
 // through: all five, or a naive list that skips one (a control, checked for
 // stale reads only).
 func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.Duration) (res ckResult, migrations int) {
@@ -158,11 +159,19 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.
 	}()
 	if kill {
 		wg.Add(1)
-		go func() { // node restarts: a node loses everything it held
+		go func() { // nodes killed: down for 300ms, or restarted at once; either way empty
 			defer wg.Done()
-			for sleep(rctx, 500*time.Millisecond) == nil {
-				if err := nodes[rand.IntN(len(nodes))].Restart(); err != nil {
-					t.Errorf("restart memcached: %v", err)
+			for i := 0; sleep(rctx, 500*time.Millisecond) == nil; i++ {
+				n := nodes[rand.IntN(len(nodes))]
+				var err error
+				if i%2 == 0 {
+					err = n.Restart()
+				} else if err = n.Stop(); err == nil {
+					_ = sleep(ctx, 300*time.Millisecond)
+					err = n.Start()
+				}
+				if err != nil {
+					t.Errorf("kill memcached: %v", err)
 					return
 				}
 				faults.Add(1)

@@ -162,6 +162,9 @@ func (k *Ketama) PickServer(key string) (net.Addr, error) {
 	if len(k.points) == 0 {
 		return nil, memcache.ErrNoServers
 	}
+	if len(k.addrs) == 1 {
+		return k.addrs[0], nil // no need to hash
+	}
 	i, _ := slices.BinarySearch(k.points, keyHash(key))
 	if i == len(k.points) {
 		i = 0

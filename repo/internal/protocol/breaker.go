@@ -36,7 +36,10 @@ type breaker struct {
 
 	open atomic.Bool // fast path for readers
 	bad  atomic.Int32
-	slow atomic.Bool // the failure that opened (or kept open) the breaker was a timeout
+	// failing, if set, counts the breakers of a core whose bad count is
+	// not 0, so that a core with none can skip recording successes.
+	failing *atomic.Int32
+	slow    atomic.Bool // the failure that opened (or kept open) the breaker was a timeout
 
 	mu       sync.Mutex
 	until    time.Time
@@ -96,7 +99,7 @@ func (b *breaker) allowRead() bool {
 			return false // still replaying
 		}
 	}
-	b.bad.Store(0)
+	b.resetBad()
 	b.cooldown = b.base
 	b.open.Store(false)
 	b.changed(false, nil)
@@ -117,6 +120,13 @@ func (b *breaker) reopen(err error) {
 	b.until = time.Now().Add(b.cooldown)
 }
 
+// resetBad clears the count of consecutive failures.
+func (b *breaker) resetBad() {
+	if b.bad.Swap(0) != 0 && b.failing != nil {
+		b.failing.Add(-1)
+	}
+}
+
 // record notes the outcome of one cache call. Successes only reset the
 // failure count of a closed breaker; an open one closes in allowRead.
 func (b *breaker) record(err error) {
@@ -125,11 +135,15 @@ func (b *breaker) record(err error) {
 	}
 	if !IsTransportErr(err) {
 		if b.bad.Load() != 0 && !b.open.Load() {
-			b.bad.Store(0)
+			b.resetBad()
 		}
 		return
 	}
-	if int(b.bad.Add(1)) >= b.threshold {
+	n := int(b.bad.Add(1))
+	if n == 1 && b.failing != nil {
+		b.failing.Add(1)
+	}
+	if n >= b.threshold {
 		b.trip(err)
 	}
 }
@@ -200,8 +214,15 @@ type guarded struct {
 // each fails once before the client drops it.
 const readAttempts = 3
 
-func (g guarded) Get(key string) (*memcache.Item, error) {
-	return retryRead(func() (*memcache.Item, error) { return g.Cache.Get(key) }, g.c.breakerOf(key))
+func (g guarded) Get(key string) (it *memcache.Item, err error) {
+	for range readAttempts {
+		it, err = g.Cache.Get(key)
+		g.c.record(key, err)
+		if !retryable(err) {
+			break
+		}
+	}
+	return it, err
 }
 
 func (g guarded) GetMulti(keys []string) (items map[string]*memcache.Item, err error) {
@@ -247,11 +268,11 @@ func (g guarded) Delete(key string) error { return g.rec(key, g.Cache.Delete(key
 
 func (g guarded) Increment(key string, delta uint64) (uint64, error) {
 	n, err := g.Cache.Increment(key, delta)
-	g.c.breakerOf(key).record(err)
+	g.c.record(key, err)
 	return n, err
 }
 
 func (g guarded) rec(key string, err error) error {
-	g.c.breakerOf(key).record(err)
+	g.c.record(key, err)
 	return err
 }

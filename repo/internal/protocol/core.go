@@ -51,11 +51,13 @@ type Core struct {
 	raw   Cache // Cache without the breaker
 	Stats Counters
 
-	br       *breaker    // the breaker of a cache that cannot place keys
-	nodes    *nodes      // the breakers per server of one that can
-	rec      Recovery    // may be nil
-	meta     leaseReader // nil if the cache cannot take leases in reads
-	observed bool        // some hook is set
+	br       *breaker     // the breaker of a cache that cannot place keys
+	nodes    *nodes       // the breakers per server of one that can
+	open     atomic.Int32 // breakers open now
+	failing  atomic.Int32 // breakers with failures counted
+	rec      Recovery     // may be nil
+	meta     leaseReader  // nil if the cache cannot take leases in reads
+	observed bool         // some hook is set
 
 	// lost, if set, records a key whose deletion failed in the outbox, so
 	// the Repairer deletes it later (Counter and Leaderboard, whose writes
@@ -208,13 +210,16 @@ func (c *Core) breakerEvent(open bool, err error) {
 	k := observe.BreakerClose
 	if open {
 		k = observe.BreakerOpen
+		c.open.Add(1)
+	} else {
+		c.open.Add(-1)
 	}
 	c.Emit(context.Background(), observe.Event{Kind: k, Err: err})
 }
 
 // AllowRead reports whether a read of key may use the cache now (see
 // breaker; over a fleet, the breaker of key's server).
-func (c *Core) AllowRead(key string) bool { return c.breakerOf(key).allowRead() }
+func (c *Core) AllowRead(key string) bool { return c.settled() || c.breakerOf(key).allowRead() }
 
 // Trip opens the breaker of key's server at once: a read of key gave up on
 // the cache after err.
@@ -222,11 +227,11 @@ func (c *Core) Trip(key string, err error) { c.breakerOf(key).trip(err) }
 
 // Closed reports whether the breaker of key's server is closed (reads use
 // the cache).
-func (c *Core) Closed(key string) bool { return !c.breakerOf(key).open.Load() }
+func (c *Core) Closed(key string) bool { return c.settled() || !c.breakerOf(key).open.Load() }
 
 // Cheap reports whether a cache request for key costs little now (its
 // breaker is closed, or it opened on a fast failure rather than a timeout).
-func (c *Core) Cheap(key string) bool { return c.breakerOf(key).cheap() }
+func (c *Core) Cheap(key string) bool { return c.settled() || c.breakerOf(key).cheap() }
 
 // IsMiss reports whether err is memcached's "not found".
 func IsMiss(err error) bool { return errors.Is(err, memcache.ErrCacheMiss) }
@@ -305,7 +310,7 @@ func (c *Core) Get(key string) (*memcache.Item, *memclient.Lease, error) {
 
 func (c *Core) metaGet(key string) (*memcache.Item, *memclient.Lease, error) {
 	it, l, err := c.meta.LeaseGet(key, c.Expiry(c.Opt.LeaseTTL, false))
-	c.breakerOf(key).record(err)
+	c.record(key, err)
 	return it, l, err
 }
 

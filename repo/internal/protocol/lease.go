@@ -52,7 +52,7 @@ type metaFill struct {
 
 func (m metaFill) fill(ctx context.Context, value []byte, flags uint32, exp int32, began time.Time) *memcache.Item {
 	err := m.l.Fill(value, flags, exp)
-	m.c.breakerOf(m.l.Key()).record(err)
+	m.c.record(m.l.Key(), err)
 	switch {
 	case err == nil:
 		m.c.filled(ctx, m.l.Key(), began)

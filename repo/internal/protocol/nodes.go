@@ -45,11 +45,27 @@ func (c *Core) breakerOf(key string) *breaker {
 
 // newBreaker returns a breaker whose probe reads probeKey.
 func (c *Core) newBreaker(probeKey string) *breaker {
-	return newBreaker(c.Opt.BreakerFailures, c.Opt.BreakerCooldown, func() error {
+	b := newBreaker(c.Opt.BreakerFailures, c.Opt.BreakerCooldown, func() error {
 		_, err := retryRead(func() (*memcache.Item, error) { return c.raw.Get(probeKey) }, nil)
 		return err
 	}, c.rec, c.breakerEvent)
+	b.failing = &c.failing
+	return b
 }
+
+// record reports the outcome of a call for key to its server's breaker.
+// While no breaker has failures to forget, a success is not worth finding
+// the server for.
+func (c *Core) record(key string, err error) {
+	if err == nil && c.failing.Load() == 0 {
+		return
+	}
+	c.breakerOf(key).record(err)
+}
+
+// settled reports whether every breaker of the core is closed, so that a
+// read need not find its key's server to know it may use the cache.
+func (c *Core) settled() bool { return c.open.Load() == 0 }
 
 // recordMany reports the outcome of a request over keys, which may span
 // servers: a *memclient.ServerError counts against its server alone, any
