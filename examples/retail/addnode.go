@@ -97,11 +97,13 @@ func runAddNode(ctx context.Context, current, node, prefix string, workers int, 
 	if err != nil {
 		return fmt.Errorf("add-node: %w (running it again copies only what is missing)", err)
 	}
-	fmt.Fprintf(stdout, `next steps (phases: see repo/memclient docs):
-  1. move every service instance on to phase fallback, then new-reads, then new,
+	ring := strings.TrimRight(current, ", ") + "," + node
+	fmt.Fprintf(stdout, `next steps (every instance already runs %[1]s=%[2]s %[3]s=write-both,
+and retail cache sweep ran; phases: see memclient.Migration):
+  1. set %[3]s=fallback on every instance, then new-reads, then new,
      each phase only once every instance runs the one before
-  2. then run them on the new ring alone: %s=%s,%s
-`, envMemcachedAddr, strings.TrimRight(current, ", "), node)
+  2. then run them on the new ring alone: %[4]s=%[2]s, %[1]s and %[3]s unset
+`, envMemcachedNewAddr, ring, envMemcachedPhase, envMemcachedAddr)
 	return nil
 }
 

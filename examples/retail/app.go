@@ -21,8 +21,10 @@ type app struct {
 	cfg     config
 	log     *slog.Logger
 	pool    *pgxpool.Pool
-	mc      *memclient.Client // nil when CACHE=off
-	cache   repo.Cache        // mc, or offCache{} when CACHE=off
+	mc      *memclient.Client    // MEMCACHED_ADDR's ring; nil when CACHE=off
+	mcNew   *memclient.Client    // MEMCACHED_NEW_ADDR's ring during a migration, else nil
+	mig     *memclient.Migration // from mc to mcNew in MEMCACHED_PHASE, else nil
+	cache   repo.Cache           // mig, mc, or offCache{} when CACHE=off
 	queries *queryCounter
 	cat     *catalog
 	agg     *aggregates
@@ -32,7 +34,10 @@ type app struct {
 
 // newApp connects to Postgres (pool of cfg.DBMaxConns, with the query
 // counter as tracer) and, unless caching is off, builds a memcached client
-// sized for concurrency goroutines.
+// sized for concurrency goroutines: over MEMCACHED_ADDR, or, while
+// MEMCACHED_NEW_ADDR is set, a memclient.Migration to that ring in
+// MEMCACHED_PHASE, which every store, aggregate and the WAL invalidator then
+// use.
 func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) (*app, error) {
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
@@ -51,11 +56,14 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 		return nil, fmt.Errorf("connecting to Postgres: %w", err)
 	}
 	if cfg.Cache {
-		if a.mc, err = memclient.New(memclient.Config{Servers: cfg.MemcachedAddrs, MaxIdleConns: concurrency, Timeout: 500 * time.Millisecond}); err != nil {
+		if a.mc, a.mcNew, a.mig, err = newMemcache(cfg, concurrency, 500*time.Millisecond); err != nil {
 			a.pool.Close()
-			return nil, fmt.Errorf("%s: %w", envMemcachedAddr, err)
+			return nil, err
 		}
 		a.cache = a.mc
+		if a.mig != nil {
+			a.cache = a.mig
+		}
 	} else {
 		a.cache = offCache{}
 	}
@@ -83,6 +91,29 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 	return a, nil
 }
 
+// newMemcache returns the client over cfg's MEMCACHED_ADDR and, when
+// MEMCACHED_NEW_ADDR is set, the client over that ring and the Migration
+// between them in MEMCACHED_PHASE (else nil and nil); conns idle connections
+// per server, timeout per round trip.
+func newMemcache(cfg config, conns int, timeout time.Duration) (from, to *memclient.Client, m *memclient.Migration, err error) {
+	if from, err = memclient.New(memclient.Config{Servers: cfg.MemcachedAddrs, MaxIdleConns: conns, Timeout: timeout}); err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", envMemcachedAddr, err)
+	}
+	if cfg.MemcachedNewAddrs == nil {
+		return from, nil, nil, nil
+	}
+	if to, err = memclient.New(memclient.Config{Servers: cfg.MemcachedNewAddrs, MaxIdleConns: conns, Timeout: timeout}); err != nil {
+		from.Close()
+		return nil, nil, nil, fmt.Errorf("%s: %w", envMemcachedNewAddr, err)
+	}
+	if m, err = memclient.NewMigration(from, to, cfg.MemcachedPhase); err != nil {
+		from.Close()
+		to.Close()
+		return nil, nil, nil, fmt.Errorf("%s: %w", envMemcachedPhase, err)
+	}
+	return from, to, m, nil
+}
+
 // stats gathers the observe.Stats of every store, query and aggregate.
 func (a *app) stats() map[string]observe.Stats {
 	m := a.cat.stats()
@@ -92,14 +123,20 @@ func (a *app) stats() map[string]observe.Stats {
 	return m
 }
 
-// ping checks Postgres and, unless caching is off, memcached.
+// ping checks Postgres and, unless caching is off, memcached: during a
+// migration, the rings its phase reads or writes.
 func (a *app) ping(ctx context.Context) error {
 	if err := a.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
-	if a.mc != nil {
+	if a.mc != nil && (a.mig == nil || a.mig.Phase() < memclient.PhaseNew) {
 		if err := a.mc.Ping(); err != nil {
 			return fmt.Errorf("memcached: %w", err)
+		}
+	}
+	if a.mig != nil && a.mig.Phase() > memclient.PhaseOld {
+		if err := a.mcNew.Ping(); err != nil {
+			return fmt.Errorf("memcached (%s): %w", envMemcachedNewAddr, err)
 		}
 	}
 	return nil
@@ -109,6 +146,9 @@ func (a *app) ping(ctx context.Context) error {
 func (a *app) close() {
 	if a.mc != nil {
 		_ = a.mc.Close()
+	}
+	if a.mcNew != nil {
+		_ = a.mcNew.Close()
 	}
 	a.pool.Close()
 }

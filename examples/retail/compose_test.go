@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -9,6 +10,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 )
 
 // There is no Docker engine on the machines this is developed on, so this
@@ -26,6 +29,7 @@ type composeService struct {
 	Entrypoint  []string          `yaml:"entrypoint"`
 	Environment map[string]string `yaml:"environment"`
 	Ports       []string          `yaml:"ports"`
+	Profiles    []string          `yaml:"profiles"`
 	DependsOn   map[string]struct {
 		Condition string `yaml:"condition"`
 	} `yaml:"depends_on"`
@@ -47,15 +51,59 @@ func readCompose(t *testing.T) (composeFile, string) {
 		t.Fatal(err)
 	}
 	var c composeFile
-	if err := yaml.Unmarshal(b, &c); err != nil { // also resolves the x-retail-env anchor
+	if err := yaml.Unmarshal(b, &c); err != nil { // also resolves the x-retail-env and x-memcached anchors
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
 	return c, root
 }
 
+// memcachedNodes returns the compose services of the memcached servers the
+// service's MEMCACHED_ADDR lists, in its order, checking that the list
+// parses as the service parses it (memclient.ParseServers, through
+// loadConfig) and that every host in it is a compose service started by
+// "docker compose up" (no profile), on memcached's port.
+func memcachedNodes(t *testing.T, c composeFile) []string {
+	t.Helper()
+	env := c.Services["retail"].Environment
+	cfg, err := loadConfig(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("retail: %v", err)
+	}
+	servers, err := memclient.ParseServers(env[envMemcachedAddr])
+	if err != nil {
+		t.Fatalf("retail: %s=%q: %v", envMemcachedAddr, env[envMemcachedAddr], err)
+	}
+	if len(servers) != len(cfg.MemcachedAddrs) {
+		t.Fatalf("retail: %s=%q: %d servers, the service reads %d", envMemcachedAddr, env[envMemcachedAddr], len(servers), len(cfg.MemcachedAddrs))
+	}
+	var nodes []string
+	for _, s := range servers {
+		host, port, err := net.SplitHostPort(s.Addr)
+		if err != nil {
+			t.Fatalf("retail: %s: server %q: %v", envMemcachedAddr, s.Addr, err)
+		}
+		svc, ok := c.Services[host]
+		switch {
+		case !ok:
+			t.Errorf("retail: %s names %q, which is not a compose service", envMemcachedAddr, host)
+			continue
+		case len(svc.Profiles) > 0:
+			t.Errorf("retail: %s names %q, which has profiles %v: docker compose up does not start it", envMemcachedAddr, host, svc.Profiles)
+		case port != "11211":
+			t.Errorf("retail: %s: %s on port %s, where memcached listens on 11211", envMemcachedAddr, host, port)
+		}
+		nodes = append(nodes, host)
+	}
+	if len(nodes) == 0 {
+		t.Fatalf("retail: %s lists no compose service", envMemcachedAddr)
+	}
+	return nodes
+}
+
 func TestComposeServices(t *testing.T) {
 	c, _ := readCompose(t)
-	for _, name := range []string{"postgres", "memcached", "setup", "retail", "invalidator"} {
+	nodes := memcachedNodes(t, c)
+	for _, name := range append([]string{"postgres", "setup", "retail", "invalidator"}, nodes...) {
 		if _, ok := c.Services[name]; !ok {
 			t.Errorf("service %q missing", name)
 		}
@@ -72,10 +120,17 @@ func TestComposeServices(t *testing.T) {
 	if cmd := strings.Join(c.Services["postgres"].Command, " "); !strings.Contains(cmd, "wal_level=logical") || !strings.Contains(cmd, "max_replication_slots=") {
 		t.Errorf("postgres command %q: want -c wal_level=logical and max_replication_slots", cmd)
 	}
-	if img := c.Services["memcached"].Image; !strings.HasPrefix(img, "memcached:1.6") {
-		t.Errorf("memcached image %q: want memcached:1.6", img)
+	first := c.Services[nodes[0]]
+	for _, name := range nodes {
+		s := c.Services[name]
+		if !strings.HasPrefix(s.Image, "memcached:1.6") {
+			t.Errorf("%s image %q: want memcached:1.6", name, s.Image)
+		}
+		if s.Image != first.Image || !slices.Equal(s.Command, first.Command) {
+			t.Errorf("%s runs %s %v, %s runs %s %v: want the same image and flags on every node", name, s.Image, s.Command, nodes[0], first.Image, first.Command)
+		}
 	}
-	for _, name := range []string{"postgres", "memcached", "retail"} {
+	for _, name := range append([]string{"postgres", "retail"}, nodes...) {
 		if hc := c.Services[name].Healthcheck; hc == nil || len(hc.Test) < 2 {
 			t.Errorf("service %q has no healthcheck", name)
 		}
@@ -88,9 +143,14 @@ func TestComposeServices(t *testing.T) {
 func TestComposeDependencies(t *testing.T) {
 	c, _ := readCompose(t)
 	want := map[string]map[string]string{
-		"setup":       {"postgres": "service_healthy", "memcached": "service_healthy"},
-		"retail":      {"postgres": "service_healthy", "memcached": "service_healthy", "setup": "service_completed_successfully"},
-		"invalidator": {"postgres": "service_healthy", "memcached": "service_healthy", "setup": "service_completed_successfully"},
+		"setup":       {"postgres": "service_healthy"},
+		"retail":      {"postgres": "service_healthy", "setup": "service_completed_successfully"},
+		"invalidator": {"postgres": "service_healthy", "setup": "service_completed_successfully"},
+	}
+	for _, node := range memcachedNodes(t, c) { // every memcached node is up first
+		for _, deps := range want {
+			deps[node] = "service_healthy"
+		}
 	}
 	for svc, deps := range want {
 		for dep, cond := range deps {
@@ -109,6 +169,7 @@ func TestComposeDependencies(t *testing.T) {
 // services and ports.
 func TestComposeEnvironment(t *testing.T) {
 	c, _ := readCompose(t)
+	memcachedNodes(t, c)
 	if cmd := c.Services["invalidator"].Command; len(cmd) != 1 || cmd[0] != "invalidator" {
 		t.Errorf("invalidator command %v: want the binary's invalidator command", cmd)
 	}
@@ -137,8 +198,13 @@ func TestComposeEnvironment(t *testing.T) {
 				t.Errorf("%s: DATABASE_URL %q does not match the postgres service's user, password and database", name, cfg.DatabaseURL)
 			}
 		}
-		if !slices.Equal(cfg.MemcachedAddrs, []string{"memcached:11211"}) {
-			t.Errorf("%s: MEMCACHED_ADDR %v: want memcached:11211", name, cfg.MemcachedAddrs)
+		if want := c.Services["retail"].Environment[envMemcachedAddr]; env[envMemcachedAddr] != want {
+			t.Errorf("%s: MEMCACHED_ADDR %q, the service's is %q: want the same ring", name, env[envMemcachedAddr], want)
+		}
+		for _, a := range cfg.MemcachedNewAddrs { // set only during a migration
+			if host, _, _ := net.SplitHostPort(a); !strings.HasPrefix(c.Services[host].Image, "memcached:") {
+				t.Errorf("%s: MEMCACHED_NEW_ADDR names %q, which is not a memcached compose service", name, host)
+			}
 		}
 		if !cfg.Cache {
 			t.Errorf("%s: CACHE is off", name)

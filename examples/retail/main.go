@@ -12,10 +12,12 @@
 //	retail load [-compare]         run the load test (and the report with -compare)
 //	retail invalidator             keep the cache in line with changes made by SQL (the WAL invalidator)
 //	retail cache add-node -node a  pre-warm a new memcached node before it joins MEMCACHED_ADDR
+//	retail cache sweep             delete stale entries of moving keys from MEMCACHED_NEW_ADDR
 //	retail healthcheck             exit 0 if the service at HTTP_ADDR is healthy
 //
 // Configuration comes from the environment (see config.go): DATABASE_URL,
-// MEMCACHED_ADDR, HTTP_ADDR, CACHE=on|off, CACHE_NAMESPACE, CACHE_TTL,
+// MEMCACHED_ADDR, MEMCACHED_NEW_ADDR and MEMCACHED_PHASE (a migration to
+// another server list), HTTP_ADDR, CACHE=on|off, CACHE_NAMESPACE, CACHE_TTL,
 // DB_MAX_CONNS, MIGRATE_ON_START.
 package main
 
@@ -48,12 +50,14 @@ commands:
   serve         run the HTTP API on HTTP_ADDR
   load          run the load generator; -compare runs it with CACHE=on and CACHE=off and writes a report
   invalidator   tail PostgreSQL's WAL and apply changes made behind the stores' backs to memcached
-  cache         cache operations: add-node -node host:port copies to a new memcached node the keys it will own
+  cache         cache operations: add-node -node host:port copies to a new memcached node the keys it will own;
+                sweep deletes from MEMCACHED_NEW_ADDR the stale entries of keys a migration moves
   healthcheck   GET /healthz of the service on HTTP_ADDR (for container healthchecks)
 
 Run 'retail <command> -h' for the flags of a command. Configuration is read
-from DATABASE_URL, MEMCACHED_ADDR, HTTP_ADDR, CACHE (on|off), CACHE_NAMESPACE,
-CACHE_TTL, DB_MAX_CONNS and MIGRATE_ON_START.
+from DATABASE_URL, MEMCACHED_ADDR, MEMCACHED_NEW_ADDR, MEMCACHED_PHASE,
+HTTP_ADDR, CACHE (on|off), CACHE_NAMESPACE, CACHE_TTL, DB_MAX_CONNS and
+MIGRATE_ON_START.
 `
 
 func main() {
@@ -148,6 +152,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return runInvalidator(ctx, cfg, log, *slot, *interval, stdout)
 	case "cache":
+		if len(args) > 0 && args[0] == "sweep" {
+			return runSweep(ctx, args[1:], getenv, stdout, stderr)
+		}
 		return runCache(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		if err := fs.Parse(args); err != nil {
@@ -204,7 +211,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger, ready chan<- strin
 	if !cfg.Cache {
 		cache = "off"
 	}
-	log.Info("serving", "addr", ln.Addr().String(), "cache", cache, "memcached", cfg.MemcachedAddrs, "db_max_conns", cfg.DBMaxConns)
+	attrs := []any{"addr", ln.Addr().String(), "cache", cache, "memcached", cfg.MemcachedAddrs, "db_max_conns", cfg.DBMaxConns}
+	if a.mig != nil {
+		attrs = append(attrs, "memcached_new", cfg.MemcachedNewAddrs, "memcached_phase", a.mig.Phase().String())
+	}
+	log.Info("serving", attrs...)
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
@@ -336,12 +347,12 @@ func runWarm(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 		if _, err := a.cat.stock.Get(ctx, stockKey); err != nil {
 			return err
 		}
-		it, err := a.mc.Get(a.cat.stock.Key(stockKey))
+		it, err := a.cache.Get(a.cat.stock.Key(stockKey))
 		if err != nil {
 			return fmt.Errorf("warm -raw: reading a cached stock row back: %w", err)
 		}
 		rep.RawKeyBytes, rep.RawValueBytes = len(it.Key), len(it.Value)
-		r, err := rawSetRate(ctx, out, a.mc, stockRows, rep.RawKeyBytes, rep.RawValueBytes, workers)
+		r, err := rawSetRate(ctx, out, a.cache, stockRows, rep.RawKeyBytes, rep.RawValueBytes, workers)
 		if err != nil {
 			return err
 		}
