@@ -122,9 +122,10 @@ func ckTail(s string, n int) string {
 	return s
 }
 
-// startCkWorker starts worker process i with env added to this process's
+// startCkWorker starts worker process i, running only the test run names,
+// with env added to this process's
 // environment, and registers a cleanup that kills it if it still runs.
-func startCkWorker(t *testing.T, i int, out string, timeout time.Duration, env []string) *ckWorkerProc {
+func startCkWorker(t *testing.T, i int, out, run string, timeout time.Duration, env []string) *ckWorkerProc {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -135,7 +136,7 @@ func startCkWorker(t *testing.T, i int, out string, timeout time.Duration, env [
 		t.Fatal(err)
 	}
 	w := &ckWorkerProc{index: i, out: out, done: make(chan struct{})}
-	w.cmd = exec.Command(exe, "-test.run=^TestConsistencyWorker$", "-test.count=1", "-test.timeout="+timeout.String())
+	w.cmd = exec.Command(exe, "-test.run="+run, "-test.count=1", "-test.timeout="+timeout.String())
 	w.cmd.Dir = wd
 	w.cmd.Env = append(os.Environ(), append(env, ckEnvWorker+"="+strconv.Itoa(i), ckEnvOut+"="+out)...)
 	w.cmd.Stdout, w.cmd.Stderr = &w.stdout, &w.stderr
@@ -188,7 +189,7 @@ func runConsistencyProcesses(t *testing.T, cfg ckConfig) ckResult {
 	procs := make([]*ckWorkerProc, cfg.instances)
 	for i := range procs {
 		own := append(slices.Clone(env), fmt.Sprintf("%s=p%d-", ckEnvPrefix, i), fmt.Sprintf("%s=%d", ckEnvClient, i*cfg.workers))
-		procs[i] = startCkWorker(t, i, filepath.Join(dir, fmt.Sprintf("worker-%d.json", i)), ckStartDelay+cfg.duration+grace, own)
+		procs[i] = startCkWorker(t, i, filepath.Join(dir, fmt.Sprintf("worker-%d.json", i)), "^TestConsistencyWorker$", ckStartDelay+cfg.duration+grace, own)
 	}
 	var failure atomic.Bool
 	for _, w := range procs { // a worker that fails ends the run early

@@ -2,10 +2,14 @@ package repo_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,10 +30,57 @@ import (
 // PhaseNew, the same as the next one's PhaseOld), the instance moves to the
 // next migration, whose old ring is the finished one's new ring.
 type rolling struct {
-	m atomic.Pointer[memclient.Migration]
+	m       atomic.Pointer[memclient.Migration]
+	lists   [][]string
+	workers int
+	mi      int // the migration m is, as an index of its new list; only move changes it
 }
 
 func (r *rolling) cur() *memclient.Migration { return r.m.Load() }
+
+// newRolling returns an instance's cache at the start of a run over the
+// server lists: migrating from lists[0] to lists[1], in PhaseOld.
+func newRolling(lists [][]string, workers int) (*rolling, error) {
+	old, err := ringClient(lists[0], workers)
+	if err != nil {
+		return nil, err
+	}
+	next, err := ringClient(lists[1], workers)
+	if err != nil {
+		return nil, err
+	}
+	m, err := memclient.NewMigration(old, next, memclient.PhaseOld)
+	if err != nil {
+		return nil, err
+	}
+	r := &rolling{lists: lists, workers: workers, mi: 1}
+	r.m.Store(m)
+	return r, nil
+}
+
+// move puts the instance in phase p of migration mi (from lists[mi-1] to
+// lists[mi]): a later migration starts where the last one ended, its
+// PhaseOld being the last one's PhaseNew.
+func (r *rolling) move(mi int, p memclient.Phase) error {
+	if mi != r.mi {
+		next, err := ringClient(r.lists[mi], r.workers)
+		if err != nil {
+			return err
+		}
+		m, err := memclient.NewMigration(r.cur().New(), next, memclient.PhaseOld)
+		if err != nil {
+			return err
+		}
+		r.m.Store(m)
+		r.mi = mi
+	}
+	return r.cur().SetPhase(p)
+}
+
+// ringClient is an instance's client for one server list.
+func ringClient(list []string, workers int) (*memclient.Client, error) {
+	return memclient.New(memclient.Config{Servers: list, MaxIdleConns: workers * 2, Timeout: time.Second})
+}
 
 func (r *rolling) Get(key string) (*memcache.Item, error) { return r.cur().Get(key) }
 func (r *rolling) GetMulti(keys []string) (map[string]*memcache.Item, error) {
@@ -64,7 +115,7 @@ func (r *rolling) Fallback(key string) *memclient.Client { return r.cur().Fallba
 // and either restarted at once or after 300ms down. phases lists the phases a migration goes
 // through: all five, or a naive list that skips one (a control, checked for
 // stale reads only).
-func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.Duration) (res ckResult, migrations int) {
+func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs int, d time.Duration) (res ckResult, migrations int) {
 	t.Helper()
 	const instances, workers, keys = 4, 5, 24
 	e := newEnv(t)
@@ -81,58 +132,77 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.
 	// moved (two of its nodes replaced).
 	lists := [][]string{addrs[:3], addrs[:4], addrs[1:4], {addrs[0], addrs[3]}}
 	ring := func(list []string) *memclient.Client {
-		mc, err := memclient.New(memclient.Config{Servers: list, MaxIdleConns: workers * 2, Timeout: time.Second})
+		mc, err := ringClient(list, workers)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return mc
 	}
-	var rigs []*rolling
+	// Instances 0..instances-procs-1 run here, the others in worker
+	// processes of their own (TestConsistencyRingWorker).
+	var movers []func(mi int, p memclient.Phase) error
 	var subjects []subject
 	var repairers []*invalidation.Repairer
 	var stores []*repo.Store[Product, int64]
-	for range instances {
-		r := &rolling{}
-		m, err := memclient.NewMigration(ring(lists[0]), ring(lists[1]), memclient.PhaseOld)
+	for range instances - procs {
+		r, err := newRolling(lists, workers)
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.m.Store(m)
 		s, rep := newCkStore(t, newCkPool(t, e.URL, workers), r, e.NS)
-		rigs, subjects, repairers, stores = append(rigs, r), append(subjects, storeSubject{s}), append(repairers, rep), append(stores, s)
+		movers, subjects, repairers, stores = append(movers, r.move), append(subjects, storeSubject{s}), append(repairers, rep), append(stores, s)
+	}
+	start := time.Now()
+	var workerProcs []*ckWorkerProc
+	dir := t.TempDir()
+	if procs > 0 {
+		start = start.Add(ckStartDelay)
+		var enc []string
+		for _, l := range lists {
+			enc = append(enc, strings.Join(l, ","))
+		}
+		env := []string{
+			ckEnvDB + "=" + e.URL, ckEnvNS + "=" + e.NS, ckEnvDuration + "=" + d.String(),
+			ckEnvWorkers + "=" + strconv.Itoa(workers), ckEnvKeys + "=" + strconv.Itoa(keys),
+			ckEnvStart + "=" + strconv.FormatInt(start.UnixNano(), 10), ckEnvLists + "=" + strings.Join(enc, ";"),
+		}
+		for i := instances - procs; i < instances; i++ {
+			state := filepath.Join(dir, fmt.Sprintf("state-%d", i))
+			own := append(slices.Clone(env), fmt.Sprintf("%s=p%d-", ckEnvPrefix, i), fmt.Sprintf("%s=%d", ckEnvClient, i*workers), ckEnvState+"="+state)
+			w := startCkWorker(t, i, filepath.Join(dir, fmt.Sprintf("worker-%d.json", i)), "^TestConsistencyRingWorker$", ckStartDelay+d+2*time.Minute, own)
+			workerProcs = append(workerProcs, w)
+			movers = append(movers, func(mi int, p memclient.Phase) error { return moveWorker(w, state, mi, p) })
+		}
 	}
 	var faults atomic.Int64
-	start := time.Now()
-	now := func() int64 { return int64(time.Since(start)) }
-	rctx, stop := context.WithTimeout(ctx, d)
+	now := func() int64 { return time.Now().UnixNano() - start.UnixNano() }
+	rctx, stop := context.WithDeadline(ctx, start.Add(d))
 	defer stop()
 	var wg sync.WaitGroup
 	for _, r := range repairers {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = r.Run(rctx) }()
 	}
+	if err := sleep(rctx, time.Until(start)); err != nil {
+		t.Fatal("the run ended before it began")
+	}
 	wg.Add(1)
 	go func() { // the server-list changes, phase by phase, instance by instance
 		defer wg.Done()
 		step := (d - time.Second) / time.Duration(3*len(phases)*instances)
 		for mi := 1; mi < len(lists); mi++ {
-			if mi > 1 { // the next migration starts where the last one ended
-				for _, r := range rigs {
-					m, err := memclient.NewMigration(r.cur().New(), ring(lists[mi]), memclient.PhaseOld)
+			for _, p := range phases[1:] {
+				if p == memclient.PhaseFallback && phases[1] == memclient.PhaseWriteBoth {
+					// Every instance writes both: clear the new ring of
+					// what earlier lists left there (again if a node
+					// restarting cut the listing).
+					sweeper, err := memclient.NewMigration(ring(lists[mi-1]), ring(lists[mi]), memclient.PhaseWriteBoth)
 					if err != nil {
 						t.Error(err)
 						return
 					}
-					r.m.Store(m)
-				}
-			}
-			for _, p := range phases[1:] {
-				if p == memclient.PhaseFallback && phases[1] == memclient.PhaseWriteBoth {
-					// Every instance writes both: clear the new ring of
-					// what earlier lists left there.
-					// A node restarting cuts the listing: sweep again.
 					for tries := 0; ; tries++ {
-						_, err := rigs[0].cur().Sweep(rctx, e.NS)
+						_, err := sweeper.Sweep(rctx, e.NS)
 						if err == nil || rctx.Err() != nil {
 							break
 						}
@@ -147,7 +217,12 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.
 					if sleep(rctx, time.Duration(rand.Int64N(int64(2*step)))) != nil {
 						return
 					}
-					_ = rigs[i].cur().SetPhase(p)
+					if err := movers[i](mi, p); err != nil {
+						if rctx.Err() == nil {
+							t.Errorf("instance %d to migration %d, phase %v: %v", i, mi, p, err)
+						}
+						return
+					}
 					if os.Getenv("CACHEDREPO_CK_DEBUG") != "" {
 						fmt.Printf("phase: migration %d instance %d -> %v at %d\n", mi, i, p, now())
 					}
@@ -180,6 +255,7 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.
 	}
 	history := runCkLoad(rctx, subjects, workers, keys, 0, "", now)
 	wg.Wait()
+	history = append(history, collectWorkers(t, workerProcs, &res)...)
 	if f := os.Getenv("CACHEDREPO_CK_DUMP"); f != "" {
 		var b strings.Builder
 		for _, op := range history {
@@ -187,7 +263,7 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.
 		}
 		_ = os.WriteFile(f, []byte(b.String()), 0o644)
 	}
-	res = ckResult{ops: len(history), faults: int(faults.Load())}
+	res.ops, res.faults = len(history), int(faults.Load())
 	for _, s := range stores {
 		res.cacheErrors += int(s.Stats().CacheErrors)
 	}
@@ -249,10 +325,13 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, d time.
 // keys (nonlinearizable_keys_within_writes); once the write has returned no
 // read returns the old row, which stale_reads checks.
 func TestConsistencyRing(t *testing.T) {
+	if os.Getenv(ckEnvWorker) != "" {
+		t.Skip("this is a worker process of a consistency test")
+	}
 	all := []memclient.Phase{memclient.PhaseOld, memclient.PhaseWriteBoth, memclient.PhaseFallback, memclient.PhaseNewReads, memclient.PhaseNew}
-	r, migrations := ringRun(t, all, true, false, consistencyDuration())
+	r, migrations := ringRun(t, all, true, false, 2, consistencyDuration())
 	violations := r.staleReads + r.cacheMismatches
-	testenv.Summaryf("consistency: protocol=store nodes=4 faults=node-kill,node-add,node-remove,migrate instances=4 processes=1 migrations=%d ops=%d faults=%d violations=%d stale_reads=%d cache_mismatches=%d nonlinearizable_keys_within_writes=%d unproven_keys=%d cache_errors=%d\n",
+	testenv.Summaryf("consistency: protocol=store nodes=4 faults=node-kill,node-add,node-remove,migrate instances=4 processes=3 migrations=%d ops=%d faults=%d violations=%d stale_reads=%d cache_mismatches=%d nonlinearizable_keys_within_writes=%d unproven_keys=%d cache_errors=%d\n",
 		migrations, r.ops, r.faults, violations, r.staleReads, r.cacheMismatches, r.badKeys, r.unprovenKeys, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d cache mismatches", r.staleReads, r.cacheMismatches)
@@ -266,12 +345,155 @@ func TestConsistencyRing(t *testing.T) {
 	}{
 		{"skip-write-both", []memclient.Phase{memclient.PhaseOld, memclient.PhaseFallback, memclient.PhaseNewReads, memclient.PhaseNew}},
 	} {
-		r, migrations := ringRun(t, c.phases, true, true, 4*time.Second)
+		r, migrations := ringRun(t, c.phases, true, true, 0, 4*time.Second)
 		v := r.staleReads + r.badKeys
 		testenv.Summaryf("consistency: protocol=naive-%s nodes=4 faults=node-kill,node-add,node-remove,migrate instances=4 processes=1 migrations=%d ops=%d violations=%d stale_reads=%d\n",
 			c.name, migrations, r.ops, v, r.staleReads)
 		if v == 0 {
 			t.Errorf("control %s: the checker found nothing wrong with a migration that skips a phase", c.name)
 		}
+	}
+}
+
+// More environment of a worker process of TestConsistencyRing.
+const (
+	ckEnvLists = "CACHEDREPO_CK_LISTS" // the server lists: ";" between lists, "," between servers
+	ckEnvState = "CACHEDREPO_CK_STATE" // file naming the migration and phase to be in; the worker acks in <file>.ack
+)
+
+// moveWorker tells worker process w to be in phase p of migration mi, and
+// waits until it says it is.
+func moveWorker(w *ckWorkerProc, state string, mi int, p memclient.Phase) error {
+	want := fmt.Sprintf("%d %d", mi, p)
+	if err := os.WriteFile(state+".tmp", []byte(want), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(state+".tmp", state); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, err := os.ReadFile(state + ".ack"); err == nil && string(b) == want {
+			return nil
+		}
+		select {
+		case <-w.done:
+			return fmt.Errorf("worker process %d exited: %v\n%s", w.index, w.err, w.report())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("worker process %d did not move to %q", w.index, want)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+}
+
+// collectWorkers waits for the worker processes to exit and returns their
+// histories, adding their cache errors to res.
+func collectWorkers(t *testing.T, procs []*ckWorkerProc, res *ckResult) []ckOp {
+	t.Helper()
+	var history []ckOp
+	for _, w := range procs {
+		select {
+		case <-w.done:
+		case <-time.After(2 * time.Minute):
+			w.kill()
+			t.Fatalf("worker process %d still ran 2 minutes after the load's end (killed)\n%s", w.index, w.report())
+		}
+		if w.err != nil {
+			t.Fatalf("worker process %d failed: %v\n%s", w.index, w.err, w.report())
+		}
+		b, err := os.ReadFile(w.out)
+		if err != nil {
+			t.Fatalf("worker process %d wrote no history: %v\n%s", w.index, err, w.report())
+		}
+		var out ckWorkerOut
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("worker process %d: history: %v", w.index, err)
+		}
+		for _, op := range out.Ops {
+			history = append(history, op.op())
+		}
+		res.cacheErrors += int(out.CacheErrors)
+		t.Logf("worker process %d: %d operations", w.index, len(out.Ops))
+	}
+	return history
+}
+
+// TestConsistencyRingWorker is one instance of TestConsistencyRing in a
+// process of its own: its store over a migration it moves through the
+// phases its state file names; it is skipped unless that test started it.
+func TestConsistencyRingWorker(t *testing.T) {
+	index := os.Getenv(ckEnvWorker)
+	if index == "" || os.Getenv(ckEnvLists) == "" {
+		t.Skip("a worker process of TestConsistencyRing: runs only when started by it")
+	}
+	num := func(name string) int64 {
+		n, err := strconv.ParseInt(os.Getenv(name), 10, 64)
+		if err != nil {
+			t.Fatalf("worker %s: %s: %v", index, name, err)
+		}
+		return n
+	}
+	duration, err := time.ParseDuration(os.Getenv(ckEnvDuration))
+	if err != nil {
+		t.Fatal(err)
+	}
+	workers, keys, start, firstClient := int(num(ckEnvWorkers)), int(num(ckEnvKeys)), num(ckEnvStart), int(num(ckEnvClient))
+	var lists [][]string
+	for _, l := range strings.Split(os.Getenv(ckEnvLists), ";") {
+		lists = append(lists, strings.Split(l, ","))
+	}
+	r, err := newRolling(lists, workers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, rep := newCkStore(t, newCkPool(t, os.Getenv(ckEnvDB), workers), r, os.Getenv(ckEnvNS))
+	now := func() int64 { return time.Now().UnixNano() - start }
+	rctx, stop := context.WithDeadline(ctx, time.Unix(0, start).Add(duration))
+	defer stop()
+	state := os.Getenv(ckEnvState)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = rep.Run(rctx) }()
+	go func() { // follow the state file
+		defer wg.Done()
+		applied := ""
+		for rctx.Err() == nil {
+			b, err := os.ReadFile(state)
+			if err == nil && string(b) != applied {
+				var mi, p int
+				if _, err := fmt.Sscanf(string(b), "%d %d", &mi, &p); err != nil {
+					t.Errorf("worker %s: state %q: %v", index, b, err)
+					return
+				}
+				if err := r.move(mi, memclient.Phase(p)); err != nil {
+					t.Errorf("worker %s: %v", index, err)
+					return
+				}
+				applied = string(b)
+				if err := os.WriteFile(state+".ack", b, 0o644); err != nil {
+					t.Errorf("worker %s: %v", index, err)
+					return
+				}
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	if err := sleep(rctx, time.Until(time.Unix(0, start))); err != nil {
+		t.Fatalf("worker %s: ready after the load's end", index)
+	}
+	history := runCkLoad(rctx, []subject{storeSubject{s}}, workers, keys, firstClient, os.Getenv(ckEnvPrefix), now)
+	wg.Wait()
+	out := ckWorkerOut{Ops: make([]ckWireOp, len(history)), CacheErrors: int64(s.Stats().CacheErrors)}
+	for i, op := range history {
+		out.Ops[i] = wireOp(op)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(os.Getenv(ckEnvOut), b, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
