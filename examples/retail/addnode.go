@@ -16,6 +16,8 @@ import (
 const cacheUsage = `usage: retail cache <command> [flags]
 
 commands:
+  sweep      delete from the new ring of a migration (MEMCACHED_NEW_ADDR, in the write-both
+             phase) the entries earlier server lists left there; run it before add-node
   add-node   copy to a new memcached node the keys it will own (MEMCACHED_ADDR plus -node),
              through its leases, before it joins
 `

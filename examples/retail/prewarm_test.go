@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -57,7 +56,7 @@ func TestPrewarmBeforeSwitch(t *testing.T) {
 	}
 	with := switchNodes(t, pool, keys, addrs, true)
 	n := float64(len(keys))
-	fmt.Printf("prewarm: keys=%d moved=%d miss_rate_without=%.3f miss_rate_with=%.3f db_reads_without=%d db_reads_with=%d copy_rate_keys_per_s=%.0f\n",
+	repotest.Summaryf("prewarm: keys=%d moved=%d miss_rate_without=%.3f miss_rate_with=%.3f db_reads_without=%d db_reads_with=%d copy_rate_keys_per_s=%.0f\n",
 		len(keys), with.moved, float64(without.misses)/n, float64(with.misses)/n, without.dbReads, with.dbReads, with.copyRate)
 	if r := float64(without.misses) / n; r < 0.15 || r > 0.35 || without.misses != uint64(without.moved) {
 		t.Errorf("miss rate without pre-warm %.3f (%d misses, %d keys moved), want about 0.25, every moved key",

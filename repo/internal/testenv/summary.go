@@ -1,22 +1,7 @@
 package testenv
 
-import (
-	"fmt"
-	"os"
-)
+import "github.com/cachedrepo/cachedrepo/repo/repotest"
 
-// Summaryf prints one summary line of a test or benchmark (the figures it
-// measured, in the shape its issue names) and, when CACHEDREPO_SUMMARY names
-// a file, appends the line to it, so that `make test` can show every
-// summary line of the run at its end (go test shows a passing package's
-// output only with -v).
-func Summaryf(format string, args ...any) {
-	line := fmt.Sprintf(format, args...)
-	fmt.Print(line)
-	if path := os.Getenv("CACHEDREPO_SUMMARY"); path != "" {
-		if f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
-			_, _ = f.WriteString(line) // one write: lines of parallel packages do not interleave
-			_ = f.Close()
-		}
-	}
-}
+// Summaryf is repotest.Summaryf: it prints a summary line and appends it to
+// $CACHEDREPO_SUMMARY, which `make test` shows at its end.
+func Summaryf(format string, args ...any) { repotest.Summaryf(format, args...) }
