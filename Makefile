@@ -12,7 +12,7 @@ MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached nutcracker
 ADAPTERS := repo/repootel
 
 ## test: run all tests with the race detector, the adapters' modules included
-## (installs memcached if missing and root), then print the summary lines the
+## (installs memcached and nutcracker if missing and root), then print the summary lines the
 ## tests measured (consistency:, wal:, herd:, ...)
 test: check-memcached
 	@summary="$$(mktemp)"; rc=0; \
@@ -21,12 +21,12 @@ test: check-memcached
 	echo "== summary lines"; cat "$$summary"; rm -f "$$summary"; exit $$rc
 
 check-memcached:
-	@if ! command -v memcached >/dev/null 2>&1; then \
+	@if ! command -v memcached >/dev/null 2>&1 || ! { command -v nutcracker || [ -x /usr/sbin/nutcracker ]; } >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			echo "memcached is not installed; installing it: $(MEMCACHED_INSTALL)"; \
+			echo "memcached or nutcracker is not installed; installing them: $(MEMCACHED_INSTALL)"; \
 			$(MEMCACHED_INSTALL); \
 		else \
-			echo "memcached is not installed; the tests need it. Install it with:"; \
+			echo "memcached or nutcracker is not installed; the tests need them. Install them with:"; \
 			echo "  $(MEMCACHED_INSTALL)"; \
 			exit 1; \
 		fi; \
