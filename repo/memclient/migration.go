@@ -78,9 +78,10 @@ func ParsePhase(s string) (Phase, error) {
 // miss from A (Fallback), copying the entry to B through B's lease.
 //
 // To migrate: build the new ring's Client, deploy every instance with a
-// Migration in PhaseWriteBoth (after all run it, optionally Prewarm from A
-// to B), then PhaseFallback, PhaseNewReads and PhaseNew, each only after
-// every instance runs the previous one; then use B's Client alone. A
+// Migration in PhaseWriteBoth; once all run it, Sweep (required: B's
+// servers may hold entries from an earlier list) and optionally Prewarm
+// from A to B; then PhaseFallback, PhaseNewReads and PhaseNew, each only
+// after every instance runs the previous one; then use B's Client alone. A
 // Migration is safe for concurrent use; SetPhase may be called at any time.
 type Migration struct {
 	old, new *Client
