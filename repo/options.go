@@ -109,6 +109,12 @@ type Options struct {
 	// reported. Run the Repairer (Repairer.Run) in the same process.
 	Repairer *invalidation.Repairer
 
+	// Near, if set, puts an in-process near-cache in front of memcached for
+	// this store's Gets (see NearCache for its staleness bound); the store's
+	// writes invalidate it in every process. Run the NearCache (Run) in the
+	// same process. Default: none.
+	Near *NearCache
+
 	// Hooks receive events and operation starts and ends, for metrics and
 	// tracing (see package observe, and the repootel and repoprom adapters).
 	Hooks observe.Hooks

@@ -31,6 +31,7 @@ type Store[T any, K comparable] struct {
 	w     writeSQL
 
 	writeTimeout time.Duration // Options.WriteTimeout
+	near         *NearCache    // Options.Near, or nil
 
 	anyOnce  sync.Mutex // guards keyTypes
 	keyTypes atomic.Pointer[[]string]
@@ -84,6 +85,9 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	binary.LittleEndian.PutUint64(s.fp[:], cd.Fingerprint())
 	s.c.SetRepairAll(func(context.Context) error { return s.gen.Bump(s.c) })
 	s.writeTimeout = opts.writeTimeout()
+	if opts != nil {
+		s.near = opts.Near
+	}
 	return s, nil
 }
 
@@ -204,6 +208,37 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 		return v, s.opErr(observe.OpGet, k, err)
 	}
 	key := s.Key(k)
+	if s.near != nil {
+		return s.getNear(ctx, k, key)
+	}
+	return s.getCache(ctx, k, key)
+}
+
+// getNear is get through the near-cache (Options.Near): a hit there is
+// decoded afresh (callers never share a row), a miss reads memcached and
+// keeps what it answered unless an invalidation overlapped the read.
+func (s *Store[T, K]) getNear(ctx context.Context, k K, key string) (v T, err error) {
+	if e, ok := s.near.get(key); ok {
+		if !e.found {
+			return v, s.opErr(observe.OpGet, k, ErrNotFound)
+		}
+		if b, ok := e.v.([]byte); ok && s.codec.Decode(b, &v) == nil {
+			return v, nil
+		}
+	}
+	tok, at := s.near.begin(key)
+	v, err = s.getCache(ctx, k, key)
+	switch {
+	case err == nil:
+		s.near.put(key, tok, nearEntry{v: s.codec.Append(nil, &v), found: true, at: at})
+	case errors.Is(err, ErrNotFound):
+		s.near.put(key, tok, nearEntry{at: at})
+	}
+	return v, err
+}
+
+// getCache is get through memcached.
+func (s *Store[T, K]) getCache(ctx context.Context, k K, key string) (v T, err error) {
 	if !s.c.AllowRead(key) || !s.c.Clean(ctx, key) {
 		return s.readAround(ctx, k, key)
 	}

@@ -59,6 +59,9 @@ func (s *Store[T, K]) WALApply(ctx context.Context, changes []invalidation.Chang
 	if err := s.c.DeleteOlderMany(ctx, keys, versions); err != nil {
 		return &OpError{Op: "wal", Table: s.t.name, Err: err}
 	}
+	if s.near != nil { // the near-caches of this process and, by NOTIFY, of the others
+		s.near.writtenMany(ctx, keys)
+	}
 	return nil
 }
 

@@ -209,7 +209,11 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)),
 // and, if that worked, drop the write's outbox row (else the Repairer
 // replays it).
 func (s *Store[T, K]) afterCommit(ctx context.Context, key string, v *T, version, outboxID int64) {
-	if !s.writeThrough(ctx, key, v, version) || outboxID == 0 {
+	ok := s.writeThrough(ctx, key, v, version)
+	if s.near != nil {
+		s.near.written(ctx, key)
+	}
+	if !ok || outboxID == 0 {
 		return
 	}
 	if _, err := s.db.Exec(context.WithoutCancel(ctx), s.w.outboxDone, outboxID); err != nil {
@@ -301,6 +305,9 @@ func ambiguous(err error) bool {
 // it). The write's outbox row, if it committed, is replayed too.
 func (s *Store[T, K]) unsure(ctx context.Context, key string) {
 	s.c.Invalidate(ctx, key)
+	if s.near != nil {
+		s.near.written(ctx, key)
+	}
 	if d := s.writeTimeout; d > 0 {
 		ctx := context.WithoutCancel(ctx)
 		time.AfterFunc(d, func() { s.c.Invalidate(ctx, key) })
