@@ -7,7 +7,7 @@ GO ?= go
 FUZZTIME ?= 20s
 MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached nutcracker
 
-.PHONY: test vet bench fuzz check-memcached demo demo-full check-go
+.PHONY: test vet bench bench-ratio fuzz check-memcached demo demo-full check-go
 
 ADAPTERS := repo/repootel
 
@@ -42,6 +42,11 @@ vet:
 ## bench: benchmarks of the repository layer
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./repo/...
+
+## bench-ratio: store/raw ratios of the hit, GetMany and miss benchmarks, the
+## rows alternating run by run (PAIRS pairs, default 5)
+bench-ratio:
+	bash scripts/bench-ratio.sh $(or $(PAIRS),5)
 
 ## fuzz: short runs of the fuzz targets ($(FUZZTIME) each)
 fuzz:

@@ -1,0 +1,169 @@
+package repo_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cachedrepo/cachedrepo/internal/codec"
+	"github.com/cachedrepo/cachedrepo/repo"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
+)
+
+// BenchmarkGetHitNear compares a near-cache hit (Options.Near) with a raw
+// gomemcache Get of the same encoded row plus its decode, over the same
+// 1,000 rows and goroutines as BenchmarkGetHit.
+func BenchmarkGetHitNear(b *testing.B) {
+	const rows = 1000
+	e, _ := benchEnv(b, rows)
+	n, err := repo.NewNearCache(repo.NearConfig{Size: 2 * rows, MaxAge: time.Hour, Channel: "near_" + e.NS,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, e.URL) }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = n.Run(rctx) }()
+	for !n.Listening() {
+		time.Sleep(time.Millisecond)
+	}
+	o := e.Opts(nil)
+	o.Near = n
+	s := e.products(b, o)
+	cd, err := codec.For[Product]()
+	if err != nil {
+		b.Fatal(err)
+	}
+	rawKeys := make([]string, rows+1)
+	for id := int64(1); id <= rows; id++ {
+		p, err := s.Get(ctx, id) // fills memcached and the near-cache
+		if err != nil {
+			b.Fatal(err)
+		}
+		rawKeys[id] = fmt.Sprintf("%s:raw:%d", e.NS, id)
+		if err := e.MC.Set(&memcache.Item{Key: rawKeys[id], Value: cd.Append(nil, &p)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		var c atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				id := c.Add(1)%rows + 1
+				it, err := e.MC.Get(rawKeys[id])
+				if err != nil {
+					b.Fatal(err)
+				}
+				var p Product
+				if err := cd.Decode(it.Value, &p); err != nil || p.ID != id {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		before, hits := s.Stats(), n.Hits()
+		var c atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				id := c.Add(1)%rows + 1
+				p, err := s.Get(ctx, id)
+				if err != nil || p.ID != id {
+					b.Fatal(err)
+				}
+			}
+		})
+		if d := s.Stats().Hits - before.Hits; n.Hits()-hits < uint64(b.N)*9/10 {
+			b.Fatalf("%d near-cache hits and %d memcached hits of %d reads", n.Hits()-hits, d, b.N)
+		}
+	})
+}
+
+// BenchmarkGetManyMiss: GetMany of 100 keys never cached before, against
+// the raw work it wraps: a pipelined GetMulti of the keys (all miss), the
+// same "= ANY" SELECT, and 100 plain sets (one round trip each: gomemcache
+// has no pipelined set). It reports the
+// store's CAS conflicts per op (the goal is 0: a fill with a single caller
+// never loses its first CAS).
+func BenchmarkGetManyMiss(b *testing.B) {
+	const rows, batch = 50000, 100
+	e, _ := benchEnv(b, rows)
+	cd, err := codec.For[Product]()
+	if err != nil {
+		b.Fatal(err)
+	}
+	mc, err := memclient.New(memclient.Config{Servers: []string{e.MCAddr}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sel := "SELECT id, article_number, name, category_id, price_cents, updated_at, version FROM products WHERE id = ANY($1)"
+	round := 0
+	ids := func(c int64) []int64 {
+		out := make([]int64, batch)
+		for i := range out {
+			out[i] = (c*batch+int64(i))%rows + 1
+		}
+		return out
+	}
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		round++
+		var c atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				n := c.Add(1) - 1
+				keys := make([]string, batch)
+				for i, id := range ids(n) {
+					keys[i] = fmt.Sprintf("%s:raw-%d-%d:%d", e.NS, round, n, id)
+				}
+				if items, err := mc.GetMulti(keys); err != nil || len(items) != 0 {
+					b.Fatalf("GetMulti of fresh keys: %d items, %v", len(items), err)
+				}
+				r, _ := e.Pool.Query(ctx, sel, ids(n))
+				ps, err := pgx.CollectRows(r, pgx.RowToStructByName[Product])
+				if err != nil || len(ps) != batch {
+					b.Fatal(len(ps), err)
+				}
+				for i := range ps {
+					if err := mc.Set(&memcache.Item{Key: keys[i], Value: cd.Append(nil, &ps[i]), Expiration: 3600}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	})
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		round++
+		var conflicts atomic.Uint64
+		var c atomic.Int64
+		b.SetParallelism(benchGoroutinesPerCPU)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				n := c.Add(1) - 1
+				o := e.Opts(nil)
+				o.Namespace = fmt.Sprintf("%s-%d-%d", e.NS, round, n) // keys never cached before
+				s, err := repo.New(e.Pool, e.MC, productTable, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				m, err := s.GetMany(ctx, ids(n))
+				if err != nil || len(m) != batch {
+					b.Fatal(len(m), err)
+				}
+				conflicts.Add(s.Stats().CASConflicts)
+			}
+		})
+		b.ReportMetric(float64(conflicts.Load())/float64(b.N), "cas_conflicts/op")
+	})
+}
