@@ -26,9 +26,60 @@ import (
 // waiting. If the cache fails, everything is read from the database.
 func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	ctx, end := s.c.Begin(ctx, observe.OpGetMany)
-	out, err := s.getMany(ctx, keys)
+	var out map[K]T
+	var err error
+	if s.near != nil {
+		out, err = s.getManyNear(ctx, keys)
+	} else {
+		out, err = s.getMany(ctx, keys)
+	}
 	end(err)
 	return out, err
+}
+
+// getManyNear is getMany through the near-cache (see getNear): keys it
+// holds are answered from it, the others read as getMany does and kept.
+func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error) {
+	type pending struct {
+		k   K
+		key string
+		tok nearToken
+		at  int64
+	}
+	out := make(map[K]T, len(keys))
+	var rest []K
+	var fill []pending
+	for _, k := range keys {
+		key := s.Key(k)
+		if e, ok := s.near.get(key); ok {
+			if !e.found {
+				continue
+			}
+			var v T
+			if b, ok := e.v.([]byte); ok && s.codec.Decode(b, &v) == nil {
+				out[k] = v
+				continue
+			}
+		}
+		tok, at := s.near.begin(key)
+		rest, fill = append(rest, k), append(fill, pending{k, key, tok, at})
+	}
+	if len(rest) == 0 {
+		return out, nil
+	}
+	got, err := s.getMany(ctx, rest)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fill {
+		if v, ok := got[f.k]; ok {
+			out[f.k] = v
+			s.near.put(f.key, f.tok, nearEntry{v: s.codec.Append(nil, &v), found: true, at: f.at})
+		} else {
+			s.near.put(f.key, f.tok, nearEntry{at: f.at})
+		}
+	}
+	return out, nil
 }
 
 // getMany is GetMany without the hooks.

@@ -91,6 +91,19 @@ func TestNearCache(t *testing.T) {
 	if na.Hits()-hits != 10 || a.Stats().Hits != mcHits {
 		t.Fatalf("10 repeated reads: %d near-cache hits, %d memcached hits; want 10 and 0", na.Hits()-hits, a.Stats().Hits-mcHits)
 	}
+	// GetMany answers from the near-cache too, and keeps what it read.
+	e.insertProduct(t, 5, "five", 100)
+	if m, err := a.GetMany(ctx, []int64{1, 5, 6}); err != nil || len(m) != 2 || m[5].Name != "five" {
+		t.Fatalf("GetMany: %v %v", m, err)
+	}
+	hits = na.Hits()
+	if m, err := a.GetMany(ctx, []int64{1, 5, 6}); err != nil || len(m) != 2 || m[1].Name != "one" {
+		t.Fatalf("GetMany again: %v %v", m, err)
+	}
+	if na.Hits()-hits != 3 {
+		t.Fatalf("GetMany of 3 keys it read before: %d near-cache hits, want 3 (6's \"not found\" included)", na.Hits()-hits)
+	}
+
 	// A row from the near-cache is the caller's own.
 	p, _ := a.Get(ctx, 1)
 	p.Name = "scribbled"

@@ -11,6 +11,8 @@
 #   full:            11,000 products x 170 stores = 1,870,000 stock rows
 #
 # Environment: DEMO_DURATION (per run, default 12s), DEMO_ROUNDS (on/off pairs, 2), DEMO_CLIENTS (64),
+# DEMO_PIN (taskset: the load generator on one CPU with GOMAXPROCS=1, the default; procs: only
+# GOMAXPROCS=1; none),
 # DEMO_REPORT_DIR (default examples/retail/report, or report-full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,5 +97,21 @@ say "warm-up (and the raw parallel Set baseline)"
 mkdir -p "$report_dir"
 "$retail" warm -raw -out "$report_dir/warm.json"
 say "load: $clients clients, $duration per run, $rounds rounds of cache on then off"
-"$retail" load -compare -rounds "$rounds" -duration "$duration" -clients "$clients" -out "$report_dir" -warm-results "$report_dir/warm.json" 2>"$state/service.log" ||
+# The load generator runs on one CPU with GOMAXPROCS=1 so that it does not
+# starve the service it measures, which gets every CPU.
+# DEMO_PIN=none runs it unpinned; DEMO_PIN=procs only sets its GOMAXPROCS=1.
+pin=()
+case "${DEMO_PIN:-taskset}" in
+taskset)
+	if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+		pin=(env GOMAXPROCS=1 RETAIL_SERVICE_CPUS="0-$(($(nproc) - 1))" RETAIL_SERVICE_PROCS="$(nproc)" taskset -c 0)
+		echo "load generator pinned to CPU 0 (GOMAXPROCS=1); the service on CPUs 0-$(($(nproc) - 1))"
+	fi
+	;;
+procs)
+	pin=(env GOMAXPROCS=1 RETAIL_SERVICE_CPUS="0-$(($(nproc) - 1))" RETAIL_SERVICE_PROCS="$(nproc)")
+	echo "load generator on GOMAXPROCS=1; the service on GOMAXPROCS=$(nproc)"
+	;;
+esac
+"${pin[@]}" "$retail" load -compare -rounds "$rounds" -duration "$duration" -clients "$clients" -out "$report_dir" -warm-results "$report_dir/warm.json" 2>"$state/service.log" ||
 	{ tail -n 30 "$state/service.log" >&2; exit 1; }

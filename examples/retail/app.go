@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/memclient"
@@ -30,6 +32,8 @@ type app struct {
 	agg     *aggregates
 	metrics *metrics
 	prom    *repoprom.Collector // the library's hooks as Prometheus metrics
+	near    *repo.NearCache     // in front of the catalogue, or nil
+	nearEnd func()              // stops the near-cache's listener
 }
 
 // newApp connects to Postgres (pool of cfg.DBMaxConns, with the query
@@ -79,7 +83,32 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 			}
 		}}),
 	}
-	if a.cat, err = newCatalog(a.pool, a.cache, opts); err != nil {
+	catOpts := opts
+	if cfg.Cache && cfg.NearMaxAge > 0 {
+		// The hot catalogue (products, categories, stores) reads through a
+		// near-cache, invalidated by every instance's writes (NOTIFY).
+		a.near, err = repo.NewNearCache(repo.NearConfig{
+			Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, cfg.DatabaseURL) },
+			DB:      a.pool, Channel: cfg.Namespace + "_near", MaxAge: cfg.NearMaxAge, Size: 100_000,
+		})
+		if err != nil {
+			a.close()
+			return nil, err
+		}
+		nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { defer close(done); _ = a.near.Run(nctx) }()
+		a.nearEnd = func() { cancel(); <-done }
+		listenCtx, stop := context.WithTimeout(ctx, 10*time.Second)
+		defer stop()
+		for !a.near.Listening() && listenCtx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		c := *opts
+		c.Near = a.near
+		catOpts = &c
+	}
+	if a.cat, err = newCatalog(a.pool, a.cache, catOpts); err != nil {
 		a.close()
 		return nil, err
 	}
@@ -88,6 +117,11 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 		return nil, err
 	}
 	a.metrics = newMetrics(a.queries, a.stats, a.prom)
+	if a.near != nil {
+		a.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: metricNearHits, Help: "Reads of the catalogue answered by the near-cache (not counted as cache hits).",
+		}, func() float64 { return float64(a.near.Hits()) }))
+	}
 	return a, nil
 }
 
@@ -144,6 +178,9 @@ func (a *app) ping(ctx context.Context) error {
 
 // close releases the pool and the cache client's connections.
 func (a *app) close() {
+	if a.nearEnd != nil {
+		a.nearEnd()
+	}
 	if a.mc != nil {
 		_ = a.mc.Close()
 	}

@@ -24,6 +24,7 @@ const (
 	envCacheTTL         = "CACHE_TTL"          // Go duration; default 1h
 	envDBMaxConns       = "DB_MAX_CONNS"       // pgx pool size; default 32
 	envMigrateOnStart   = "MIGRATE_ON_START"   // true: serve applies migrations first; default false
+	envNearMaxAge       = "NEAR_CACHE_MAX_AGE" // near-cache of the catalogue: entries' max age, Go duration, 0 = none; default 1s
 )
 
 // configEnv lists every variable config reads, with whether the service needs
@@ -40,6 +41,7 @@ func configEnv() map[string]bool {
 		envCacheTTL:         false,
 		envDBMaxConns:       false,
 		envMigrateOnStart:   false,
+		envNearMaxAge:       false,
 	}
 }
 
@@ -58,6 +60,9 @@ type config struct {
 	CacheTTL          time.Duration
 	DBMaxConns        int32
 	MigrateOnStart    bool
+	// NearMaxAge is the near-cache's MaxAge (repo.NearCache) in front of
+	// the catalogue's stores; 0: no near-cache.
+	NearMaxAge time.Duration
 }
 
 // loadConfig reads the configuration with getenv (os.Getenv in main, a map in
@@ -71,6 +76,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		Namespace:      "retail",
 		CacheTTL:       time.Hour,
 		DBMaxConns:     32,
+		NearMaxAge:     time.Second,
 	}
 	var errs []string
 	if c.DatabaseURL == "" {
@@ -120,6 +126,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 			errs = append(errs, fmt.Sprintf("%s=%q: want a positive duration such as 1h", envCacheTTL, v))
 		}
 		c.CacheTTL = d
+	}
+	if v := getenv(envNearMaxAge); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			errs = append(errs, fmt.Sprintf("%s=%q: want a duration such as 1s, or 0 for no near-cache", envNearMaxAge, v))
+		}
+		c.NearMaxAge = d
 	}
 	if v := getenv(envDBMaxConns); v != "" {
 		n, err := strconv.ParseInt(v, 10, 32)

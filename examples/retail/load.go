@@ -177,7 +177,9 @@ type runResult struct {
 	P90ms              float64            `json:"p90_ms"`
 	P99ms              float64            `json:"p99_ms"`
 	MaxMs              float64            `json:"max_ms"`
-	HitRatio           float64            `json:"hit_ratio"`
+	HitRatio           float64            `json:"hit_ratio"`       // near-cache and memcached hits of all cache lookups
+	NearShare          float64            `json:"near_hit_share"`  // near-cache hits of all cache lookups
+	NearHits           float64            `json:"near_cache_hits"` // near-cache hits
 	DBQueries          float64            `json:"db_queries"`
 	DBReadQueries      float64            `json:"db_read_queries"`
 	QueriesPerRequest  float64            `json:"db_queries_per_request"`
@@ -370,8 +372,10 @@ func loadRun(ctx context.Context, baseURL string, ks *keyspace, o loadOptions, l
 	res.LeaseWaits, res.CASConflicts, res.CacheErrors = d(metricLeaseWaits), d(metricCASConflicts), d(metricCacheErrors)
 	res.QueriesPerRequest = res.DBQueries / float64(res.Requests)
 	res.ReadQueriesPerRead = res.DBReadQueries / float64(max(res.Reads, 1))
-	if res.Hits+res.Misses > 0 {
-		res.HitRatio = res.Hits / (res.Hits + res.Misses)
+	res.NearHits = d(metricNearHits)
+	if n := res.NearHits + res.Hits + res.Misses; n > 0 {
+		res.HitRatio = (res.NearHits + res.Hits) / n
+		res.NearShare = res.NearHits / n
 	}
 	return res, nil
 }
@@ -416,7 +420,7 @@ func doRequest(ctx context.Context, c *http.Client, method, url string, body []b
 // interest over its labels. The key "cache_on" is 1 when the service's
 // health says the cache is on.
 func scrapeMetrics(ctx context.Context, c *http.Client, baseURL string) (map[string]float64, error) {
-	want := map[string]bool{metricDBQueries: true, metricDBReadQueries: true, metricCacheHits: true,
+	want := map[string]bool{metricDBQueries: true, metricDBReadQueries: true, metricCacheHits: true, metricNearHits: true,
 		metricCacheMisses: true, metricCacheFills: true, metricLeaseWaits: true, metricCASConflicts: true, metricCacheErrors: true}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/metrics", nil)
 	if err != nil {
@@ -560,6 +564,12 @@ func dialAddr(listen string) string {
 // loadService starts this binary's serve with CACHE=cache on a free port,
 // waits for it to be healthy, runs the load, and stops it with SIGTERM
 // (its graceful shutdown).
+// The environment of `retail load` that pins the service it starts.
+const (
+	envServiceCPUs  = "RETAIL_SERVICE_CPUS"  // taskset's CPU list for the service, e.g. 0-1; default: not pinned
+	envServiceProcs = "RETAIL_SERVICE_PROCS" // with it: the service's GOMAXPROCS
+)
+
 func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, o loadOptions, ks *keyspace, cache string, stderr io.Writer) (runResult, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -573,6 +583,12 @@ func loadService(ctx context.Context, getenv func(string) string, log *slog.Logg
 	ln.Close()
 	cmd := exec.Command(exe, "serve")
 	cmd.Env = append(os.Environ(), envHTTPAddr+"="+addr, envCache+"="+cache, envMigrateOnStart+"=false")
+	if cpus := getenv(envServiceCPUs); cpus != "" {
+		// The load generator runs pinned (make demo: taskset, GOMAXPROCS=1)
+		// so that it does not starve the service; the service gets cpus.
+		cmd = exec.Command("taskset", "-c", cpus, exe, "serve")
+		cmd.Env = append(os.Environ(), envHTTPAddr+"="+addr, envCache+"="+cache, envMigrateOnStart+"=false", "GOMAXPROCS="+getenv(envServiceProcs))
+	}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
 		return runResult{}, err
@@ -624,8 +640,8 @@ func waitHealthy(ctx context.Context, base string, exited <-chan error) error {
 }
 
 func printRun(w io.Writer, r runResult) {
-	fmt.Fprintf(w, "%-10s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  hit ratio %5.1f%%  db queries/req %.3f (reads/read %.3f)  errors %d\n",
-		r.Label, r.Throughput, r.P50ms, r.P99ms, 100*r.HitRatio, r.QueriesPerRequest, r.ReadQueriesPerRead, r.ServerErrors)
+	fmt.Fprintf(w, "%-10s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  hit ratio %5.1f%% (near-cache %5.1f%%)  db queries/req %.3f (reads/read %.3f)  errors %d\n",
+		r.Label, r.Throughput, r.P50ms, r.P99ms, 100*r.HitRatio, 100*r.NearShare, r.QueriesPerRequest, r.ReadQueriesPerRead, r.ServerErrors)
 }
 
 // medianRun returns the run of median throughput (the lower middle one for

@@ -58,6 +58,7 @@ const (
 	metricHTTPRequests  = "retail_http_requests_total"
 	metricHTTPDuration  = "retail_http_request_duration_seconds"
 	metricHTTPErrors    = "retail_http_errors_total"
+	metricNearHits      = "retail_near_cache_hits_total"
 )
 
 // metrics holds the service's Prometheus registry (its own, not the global

@@ -47,6 +47,7 @@ func (r report) summary() string {
 	row("p50 latency (ms)", fmt.Sprintf("%.2f", r.On.P50ms), fmt.Sprintf("%.2f", r.Off.P50ms), ratio(r.On.P50ms, r.Off.P50ms))
 	row("p99 latency (ms)", fmt.Sprintf("%.2f", r.On.P99ms), fmt.Sprintf("%.2f", r.Off.P99ms), ratio(r.On.P99ms, r.Off.P99ms))
 	row("cache hit ratio", pct(r.On.HitRatio), pct(r.Off.HitRatio), "")
+	row("near-cache hit share", pct(r.On.NearShare), pct(r.Off.NearShare), "")
 	row("DB read queries per read request", fmt.Sprintf("%.4f", r.On.ReadQueriesPerRead), fmt.Sprintf("%.4f", r.Off.ReadQueriesPerRead), "")
 	row("DB statements per request (all)", fmt.Sprintf("%.4f", r.On.QueriesPerRequest), fmt.Sprintf("%.4f", r.Off.QueriesPerRequest), "")
 	row("requests measured", thousands(r.On.Requests), thousands(r.Off.Requests), "")

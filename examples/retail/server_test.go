@@ -15,6 +15,7 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/migrations"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func TestMain(m *testing.M) { os.Exit(repotest.Run(m)) }
@@ -23,8 +24,10 @@ func TestMain(m *testing.M) { os.Exit(repotest.Run(m)) }
 var testDataset = dataset{Categories: 2, Products: 30, Stores: 3}
 
 // newTestApp migrates and seeds a fresh database and returns the service
-// over it and the shared memcached (own namespace), cache on or off.
-func newTestApp(t *testing.T, cache bool) *app {
+// over it and the shared memcached (own namespace), cache on or off, and
+// without the near-cache, so that reads exercise memcached (see
+// TestNearCacheInService for it).
+func newTestApp(t *testing.T, cache bool, kv ...string) *app {
 	t.Helper()
 	ctx := context.Background()
 	dbURL := repotest.NewDatabase(t)
@@ -33,10 +36,13 @@ func newTestApp(t *testing.T, cache bool) *app {
 	}
 	env := map[string]string{
 		envDatabaseURL: dbURL, envMemcachedAddr: repotest.Memcached(t),
-		envCacheNamespace: repotest.Namespace(t), envDBMaxConns: "8", envCache: "on",
+		envCacheNamespace: repotest.Namespace(t), envDBMaxConns: "8", envCache: "on", envNearMaxAge: "0",
 	}
 	if !cache {
 		env[envCache] = "off"
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		env[kv[i]] = kv[i+1]
 	}
 	cfg, err := loadConfig(func(k string) string { return env[k] })
 	if err != nil {
@@ -321,5 +327,34 @@ func TestMixAndHelpers(t *testing.T) {
 	}
 	if d, _ := datasetFor(1); d.StockRows() != 1870000 || d.Products != 11000 || d.Stores != 170 {
 		t.Errorf("full scale: %+v", d)
+	}
+}
+
+// With the near-cache on (the default), the catalogue's repeated reads are
+// answered in process and counted on /metrics; a write is read back at once.
+func TestNearCacheInService(t *testing.T) {
+	a := newTestApp(t, true, envNearMaxAge, "1s")
+	if a.near == nil || !a.near.Listening() {
+		t.Fatal("no listening near-cache with NEAR_CACHE_MAX_AGE=1s")
+	}
+	ctx := context.Background()
+	for range 3 {
+		if _, err := a.cat.products.Get(ctx, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := a.near.Hits(); h != 2 {
+		t.Fatalf("%d near-cache hits of 3 reads of one product, want 2", h)
+	}
+	if _, err := a.cat.products.Update(ctx, 3, func(p *Product) error { p.Name = "renamed"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := a.cat.products.Get(ctx, 3); err != nil || p.Name != "renamed" {
+		t.Fatalf("after a write: %+v %v", p, err)
+	}
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), metricNearHits+" 2") {
+		t.Fatalf("/metrics lacks %s 2", metricNearHits)
 	}
 }
