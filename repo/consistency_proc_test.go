@@ -55,6 +55,7 @@ type ckWorkerOut struct {
 	Ops         []ckWireOp `json:"ops"`
 	CacheErrors int64      `json:"cache_errors"`
 	ReadyNanos  int64      `json:"ready_ns"` // when its store was built, on the shared clock
+	NearHits    uint64     `json:"near_hits,omitempty"`
 }
 
 // ckWireOp is a ckOp as JSON.

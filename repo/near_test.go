@@ -2,10 +2,15 @@ package repo_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -216,38 +221,74 @@ func (p paced) get(ctx context.Context, key int64) (string, error) {
 	return p.subject.get(ctx, key)
 }
 
-// nearRun runs the checker's load over 4 stores, each with a near-cache of
-// its own (as 4 processes would have), with NOTIFY or without, and returns
-// the reads' staleness. The first store reads and writes, the others only
-// read: their near-caches learn of the writes from NOTIFY alone.
+// Environment of a worker process of TestNearCacheStaleness (with those of
+// TestConsistencyProcesses's workers).
+const (
+	ckEnvNearChannel = "CACHEDREPO_CK_NEAR_CHANNEL"
+	ckEnvNearMaxAge  = "CACHEDREPO_CK_NEAR_MAX_AGE"
+)
+
+// nearRun runs the checker's load with 4 store instances, each with a
+// near-cache of its own: the first, in this process, reads and writes
+// (sending NOTIFY if notify); the other three only read, each in an OS
+// process of its own (TestNearWorker), so their near-caches learn of the
+// writes from NOTIFY alone. It returns the reads' staleness.
 func nearRun(t *testing.T, notify bool, maxAge time.Duration, d time.Duration) (reads int, staleness []int64, nearHits uint64) {
-	const instances, workers, keys = 4, 5, 24
+	const procs, workers, keys = 3, 5, 24
 	rig := newCkRig(t, keys)
 	e := rig.e
-	var subjects []subject
-	var nears []*repo.NearCache
-	for i := range instances {
-		n := newNear(t, e, maxAge, notify, fmt.Sprintf("near-%d", i))
-		pool := newCkPool(t, e.URL, workers)
-		mc, err := cacheClient(workers*2, time.Second, rig.px.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		o := &repo.Options{Namespace: e.NS, Near: n}
-		s, err := repo.New(pool, mc, productTable, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sub subject = storeSubject{s}
-		if i > 0 {
-			sub = paced{readOnly{sub}}
-		}
-		subjects, nears = append(subjects, sub), append(nears, n)
+	n := newNear(t, e, maxAge, notify, "near-writer")
+	mc, err := cacheClient(workers*2, time.Second, rig.px.Addr())
+	if err != nil {
+		t.Fatal(err)
 	}
-	start := time.Now()
-	rctx, stop := context.WithTimeout(ctx, d)
+	s, err := repo.New(newCkPool(t, e.URL, workers), mc, productTable, &repo.Options{Namespace: e.NS, Near: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	start := time.Now().Add(ckStartDelay)
+	env := []string{
+		ckEnvDB + "=" + e.URL, ckEnvCache + "=" + rig.px.Addr(), ckEnvNS + "=" + e.NS, ckEnvDuration + "=" + d.String(),
+		ckEnvWorkers + "=" + strconv.Itoa(workers), ckEnvKeys + "=" + strconv.Itoa(keys),
+		ckEnvStart + "=" + strconv.FormatInt(start.UnixNano(), 10),
+		ckEnvNearChannel + "=near_" + e.NS, ckEnvNearMaxAge + "=" + maxAge.String(),
+	}
+	var ws []*ckWorkerProc
+	for i := 1; i <= procs; i++ {
+		own := append(slices.Clone(env), fmt.Sprintf("%s=p%d-", ckEnvPrefix, i), fmt.Sprintf("%s=%d", ckEnvClient, i*workers))
+		ws = append(ws, startCkWorker(t, i, filepath.Join(dir, fmt.Sprintf("near-%d.json", i)), "^TestNearWorker$", ckStartDelay+d+2*time.Minute, own))
+	}
+	rctx, stop := context.WithDeadline(ctx, start.Add(d))
 	defer stop()
-	history := runCkLoad(rctx, subjects, workers, keys, 0, "", func() int64 { return int64(time.Since(start)) })
+	if err := sleep(rctx, time.Until(start)); err != nil {
+		t.Fatal("the run ended before it began")
+	}
+	history := runCkLoad(rctx, []subject{storeSubject{s}}, workers, keys, 0, "p0-", func() int64 { return time.Now().UnixNano() - start.UnixNano() })
+	nearHits = n.Hits()
+	for _, w := range ws {
+		select {
+		case <-w.done:
+		case <-time.After(2 * time.Minute):
+			w.kill()
+			t.Fatalf("near worker %d still ran 2 minutes after the load's end\n%s", w.index, w.report())
+		}
+		if w.err != nil {
+			t.Fatalf("near worker %d failed: %v\n%s", w.index, w.err, w.report())
+		}
+		b, err := os.ReadFile(w.out)
+		if err != nil {
+			t.Fatalf("near worker %d wrote no history: %v\n%s", w.index, err, w.report())
+		}
+		var out ckWorkerOut
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range out.Ops {
+			history = append(history, op.op())
+		}
+		nearHits += out.NearHits
+	}
 	byKey := map[int64][]ckOp{}
 	for _, op := range history {
 		byKey[op.key] = append(byKey[op.key], op)
@@ -258,18 +299,79 @@ func nearRun(t *testing.T, notify bool, maxAge time.Duration, d time.Duration) (
 	for _, ops := range byKey {
 		staleness = append(staleness, nearStaleness(ops)...)
 	}
-	for _, n := range nears {
-		nearHits += n.Hits()
-	}
 	return reads, staleness, nearHits
 }
 
+// TestNearWorker is a reading instance of TestNearCacheStaleness in an OS
+// process of its own; it is skipped unless that test started it.
+func TestNearWorker(t *testing.T) {
+	index := os.Getenv(ckEnvWorker)
+	if index == "" || os.Getenv(ckEnvNearChannel) == "" {
+		t.Skip("a worker process of TestNearCacheStaleness: runs only when started by it")
+	}
+	num := func(name string) int64 {
+		n, err := strconv.ParseInt(os.Getenv(name), 10, 64)
+		if err != nil {
+			t.Fatalf("near worker %s: %s: %v", index, name, err)
+		}
+		return n
+	}
+	d, err1 := time.ParseDuration(os.Getenv(ckEnvDuration))
+	maxAge, err2 := time.ParseDuration(os.Getenv(ckEnvNearMaxAge))
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	workers, keys, start, first := int(num(ckEnvWorkers)), int(num(ckEnvKeys)), num(ckEnvStart), int(num(ckEnvClient))
+	dbURL := os.Getenv(ckEnvDB)
+	n, err := repo.NewNearCache(repo.NearConfig{MaxAge: maxAge, Channel: os.Getenv(ckEnvNearChannel),
+		ReconnectDelay: 50 * time.Millisecond,
+		Connect:        func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, dbURL) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithDeadline(ctx, time.Unix(0, start).Add(d))
+	defer stop()
+	done := make(chan struct{})
+	go func() { defer close(done); _ = n.Run(rctx) }()
+	mc, err := cacheClient(workers*2, time.Second, os.Getenv(ckEnvCache))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := repo.New(newCkPool(t, dbURL, workers), mc, productTable, &repo.Options{Namespace: os.Getenv(ckEnvNS), Near: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for !n.Listening() && rctx.Err() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	if err := sleep(rctx, time.Until(time.Unix(0, start))); err != nil {
+		t.Fatalf("near worker %s: ready after the load's end", index)
+	}
+	history := runCkLoad(rctx, []subject{paced{readOnly{storeSubject{s}}}}, workers, keys, first, os.Getenv(ckEnvPrefix),
+		func() int64 { return time.Now().UnixNano() - start })
+	<-done
+	out := ckWorkerOut{Ops: make([]ckWireOp, len(history)), NearHits: n.Hits()}
+	for i, op := range history {
+		out.Ops[i] = wireOp(op)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(os.Getenv(ckEnvOut), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNearCacheStaleness: the checker's load with a near-cache in each of 4
-// store instances (each its own listener, as separate processes have),
+// store instances, 3 of them in OS processes of their own (see nearRun),
 // MaxAge 2s. With the writers' NOTIFY no read is staler than the bound the
 // docs state for it (a NOTIFY's delivery; checked against 250ms, far above
 // what it takes); without NOTIFY, reads are stale up to MaxAge.
 func TestNearCacheStaleness(t *testing.T) {
+	if os.Getenv(ckEnvWorker) != "" {
+		t.Skip("this is a worker process of a consistency test")
+	}
 	const bound = 250 * time.Millisecond
 	var mu sync.Mutex
 	report := func(name string, notify bool) (beyond int) {
