@@ -32,7 +32,39 @@
 // Against a server without the meta protocol, the first meta request fails
 // with ErrNoMeta and the client uses the classic commands from then on:
 // LeaseGet keeps returning ErrNoMeta (callers fall back to an Add lease), and
-// GetMulti uses gomemcache's.
+// GetMulti and Delete use gomemcache's.
+//
+// # Coalescing
+//
+// The single-key meta requests (LeaseGet, Delete, and a lease's Fill and
+// Release) of concurrent callers leave for their server
+// together. Each server has two lanes, each a connection that carries one
+// batch of requests at a time. A caller that finds a lane idle sends its
+// request at once, alone: without contention nothing waits, and there is no
+// timer. Otherwise it queues, and when a lane's round trip ends, the lane's
+// next batch (the requests queued, in order, up to 512 of them and 64 KiB)
+// leaves on it as one pipeline, written by the caller of one of them. Each
+// request carries an opaque token ("O<n>") that its answer must echo. Two
+// identical reads queued for the same batch are sent once and share the
+// answer, but not a lease: only the caller whose request was sent gets it,
+// and the other sees the placeholder, as a read just after it would. A
+// caller never shares a request that was sent before it called, so a read
+// that begins after a write returned sees that write or a later one. A
+// connection that fails (a cut, a timeout, an answer out of step) fails
+// every request of its batch with the error, and is closed. A request may
+// wait for one round trip in flight before its own, each bounded by
+// Config.Timeout.
+//
+// Leases under coalescing: a lease is bound to the connection whose batch
+// took it, and its Fill and Release wait for that connection's lane and
+// leave on that connection, or, once it has closed, fail without being
+// sent. A lane's connection is never replaced while it works: only a
+// failure (or Close, for an idle lane) closes it, for good, and the lane
+// then dials a new one, to which no earlier lease moves. One TCP connection
+// reaches one server process (a restarted memcached resets it), so a
+// lease's CAS id reaches only the process that issued it, as when the
+// lease held a connection of its own; sharing the connection with other
+// requests changes what else it carries, never where it leads.
 //
 // # A fleet
 //
@@ -81,7 +113,9 @@ type Config struct {
 	// each of the classic and the meta pools. Set it to the number of
 	// goroutines that use the cache at once: with fewer, a busy service
 	// opens a new TCP connection every few hundred requests (gomemcache's
-	// own default is 2). Default 64.
+	// own default is 2). Default 64. The coalesced meta requests (see the
+	// package documentation) use two connections per server whatever it
+	// is.
 	MaxIdleConns int
 
 	// DialContext, if set, opens connections instead of net.Dialer.
@@ -96,7 +130,8 @@ type Client struct {
 
 	init   sync.Once
 	noMeta atomic.Bool
-	pools  sync.Map // server address -> *metaPool
+	pools  sync.Map  // server address -> *metaPool
+	reqs   sync.Pool // recycled *request
 }
 
 // New returns a Client for cfg. It fails if cfg names no servers, or if a
@@ -162,8 +197,18 @@ func (c *Client) Replace(it *memcache.Item) error { return c.gm().Replace(it) }
 // memcache.ErrCacheMiss if it is gone.
 func (c *Client) CompareAndSwap(it *memcache.Item) error { return c.gm().CompareAndSwap(it) }
 
-// Delete deletes key: memcache.ErrCacheMiss if it was missing.
-func (c *Client) Delete(key string) error { return c.gm().Delete(key) }
+// Delete deletes key: memcache.ErrCacheMiss if it was missing. It is a
+// meta request ("md <key>"), coalesced with concurrent ones to the same
+// server (see the package documentation); against servers without the
+// meta protocol, gomemcache's.
+func (c *Client) Delete(key string) error {
+	if !c.noMeta.Load() {
+		if err := c.metaDelete(key); !errors.Is(err, ErrNoMeta) {
+			return err
+		}
+	}
+	return c.gm().Delete(key)
+}
 
 // Increment adds delta to the decimal value of key and returns the new
 // value: memcache.ErrCacheMiss if the key is missing.
@@ -187,7 +232,8 @@ func (c *Client) DeleteAll() error { return c.gm().DeleteAll() }
 // Ping checks that every server answers.
 func (c *Client) Ping() error { return c.gm().Ping() }
 
-// Close closes the client's idle connections, classic and meta. Like
+// Close closes the client's idle connections, classic and meta (the
+// leases taken on those can no longer be filled or released). Like
 // gomemcache's, a client used after Close opens new ones.
 func (c *Client) Close() error {
 	c.pools.Range(func(_, v any) bool {

@@ -20,19 +20,27 @@ import (
 // protocol (they answered ERROR): use the classic commands instead.
 var ErrNoMeta = errors.New("memclient: server does not support meta commands")
 
-// metaPool holds idle connections to one server.
+// metaPool holds the connections to one server: the idle ones of the
+// pipelines (GetMulti, DeleteIfUnchanged) and the lanes that carry the
+// coalesced single-key requests (see do).
 type metaPool struct {
-	mu   sync.Mutex
-	idle []*metaConn
+	addr net.Addr
+
+	mu    sync.Mutex
+	idle  []*metaConn
+	lanes [maxLanes]lane
+	queue []*request // requests waiting for a lane: every lane is busy
 }
 
 // metaConn is one connection of a metaPool, used by one request (or one
-// lease) at a time.
+// batch of them) at a time.
 type metaConn struct {
 	nc   net.Conn
 	rd   *bufio.Reader
 	buf  []byte // request being written
 	pool *metaPool
+	lane *lane  // the lane the connection belongs to, if any
+	seq  uint64 // the last opaque token sent on a lane's connection
 }
 
 // conn returns an idle or new connection to the server of key.
@@ -45,14 +53,19 @@ func (c *Client) conn(key string) (*metaConn, error) {
 	return c.connTo(addr)
 }
 
+// pool returns the pool of the server at addr.
+func (c *Client) pool(addr net.Addr) *metaPool {
+	v, ok := c.pools.Load(addr.String())
+	if !ok {
+		v, _ = c.pools.LoadOrStore(addr.String(), &metaPool{addr: addr})
+	}
+	return v.(*metaPool)
+}
+
 // connTo returns an idle or new connection to the server at addr.
 func (c *Client) connTo(addr net.Addr) (*metaConn, error) {
 	c.gm()
-	v, ok := c.pools.Load(addr.String())
-	if !ok {
-		v, _ = c.pools.LoadOrStore(addr.String(), &metaPool{})
-	}
-	p := v.(*metaPool)
+	p := c.pool(addr)
 	p.mu.Lock()
 	if n := len(p.idle); n > 0 {
 		mc := p.idle[n-1]
@@ -61,20 +74,26 @@ func (c *Client) connTo(addr net.Addr) (*metaConn, error) {
 		return mc, nil
 	}
 	p.mu.Unlock()
+	return c.dialConn(p, 4096)
+}
+
+// dialConn opens a new connection to the server of p, reading through a
+// buffer of bufSize bytes.
+func (c *Client) dialConn(p *metaPool, bufSize int) (*metaConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout())
 	defer cancel()
 	var nc net.Conn
 	var err error
 	if c.mc.DialContext != nil {
-		nc, err = c.mc.DialContext(ctx, addr.Network(), addr.String())
+		nc, err = c.mc.DialContext(ctx, p.addr.Network(), p.addr.String())
 	} else {
 		var d net.Dialer
-		nc, err = d.DialContext(ctx, addr.Network(), addr.String())
+		nc, err = d.DialContext(ctx, p.addr.Network(), p.addr.String())
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &metaConn{nc: nc, rd: bufio.NewReaderSize(nc, 4096), buf: make([]byte, 0, 256), pool: p}, nil
+	return &metaConn{nc: nc, rd: bufio.NewReaderSize(nc, bufSize), buf: make([]byte, 0, 256), pool: p}, nil
 }
 
 // put returns a healthy connection to its pool, or closes it.
@@ -141,10 +160,18 @@ func (mc *metaConn) fail(err error) error {
 	return err
 }
 
+// closeIdle closes the pool's idle connections, those of idle lanes too
+// (the leases taken on them are lost).
 func (p *metaPool) closeIdle() {
 	p.mu.Lock()
 	idle := p.idle
 	p.idle = nil
+	for i := range p.lanes {
+		if ln := &p.lanes[i]; !ln.busy && ln.conn != nil {
+			idle = append(idle, ln.conn)
+			ln.conn = nil
+		}
+	}
 	p.mu.Unlock()
 	for _, mc := range idle {
 		mc.nc.Close()
@@ -183,91 +210,69 @@ func replyErr(line []byte) error {
 }
 
 // Lease is a key's lease, taken by LeaseGet: the empty placeholder the
-// read created, to be replaced (Fill) or deleted (Release) on the
-// connection that created it. A Lease is used once, by one goroutine.
+// read created, to be replaced (Fill) or deleted (Release). Both are
+// compare-and-swaps on the CAS id the read returned, sent on the
+// connection that carried the read and on no other: CAS ids restart when
+// memcached does, and a new connection may reach a restarted server where
+// the same id names a newer item. Once that connection has closed, they
+// fail (Release silently) without being sent. A Lease is used once, by one
+// goroutine.
 type Lease struct {
 	c    *Client
 	key  string
 	cas  uint64
-	conn *metaConn
+	conn *metaConn // nil once used
 }
 
-// LeaseGet reads key, creating a placeholder that lives ttl seconds if it is
-// missing. It returns the item (a placeholder is empty with flags 0) and,
-// if this call created the placeholder, the lease on it. A failed read is
-// not retried; after a connection was cut, the idle connections to that
-// server are closed too. Against servers without the meta protocol it
-// returns ErrNoMeta.
+// LeaseGet reads key, creating a placeholder that lives ttl seconds if it
+// is missing. It returns the item (a placeholder is empty with flags 0)
+// and, if this call created the placeholder, the lease on it. The
+// read is coalesced with concurrent ones to the same server (see the
+// package documentation); a failed read is not retried, and after a
+// connection was cut the idle connections to that server are closed too.
+// Against servers without the meta protocol it returns ErrNoMeta; for a key
+// the protocol cannot carry, memcache.ErrMalformedKey.
 func (c *Client) LeaseGet(key string, ttl int32) (*memcache.Item, *Lease, error) {
 	if c.noMeta.Load() {
 		return nil, nil, ErrNoMeta
 	}
-	mc, err := c.conn(key)
+	p, err := c.poolOf(key)
 	if err != nil {
 		return nil, nil, err
 	}
-	mc.buf = append(mc.buf[:0], "mg "...)
-	mc.buf = append(mc.buf, key...)
-	mc.buf = append(mc.buf, " v c f N"...)
-	mc.buf = strconv.AppendInt(mc.buf, int64(ttl), 10)
-	mc.buf = append(mc.buf, "\r\n"...)
-	line, err := c.roundTrip(mc)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !bytes.HasPrefix(line, []byte("VA ")) {
-		err := replyErr(line)
-		c.put(mc)
-		if errors.Is(err, ErrNoMeta) {
-			c.noMeta.Store(true)
-		}
-		return nil, nil, err
-	}
-	// "VA <size> c<cas> f<flags> [W] [Z] [X]"
-	h, ok := parseVA(line)
-	if !ok {
-		mc.nc.Close()
-		return nil, nil, fmt.Errorf("memclient: malformed response %q", line)
-	}
-	it := &memcache.Item{Key: key, Flags: h.flags, CasID: h.cas}
-	if it.Value, err = mc.appendValue(make([]byte, 0, h.size+2), h.size); err != nil {
-		return nil, nil, err
-	}
+	r := c.newRequest()
+	r.kind, r.key, r.ttl = reqLease, key, ttl
+	c.do(p, r)
+	it, won, via, err := r.item, r.won, r.via, r.err
+	c.freeRequest(r)
 	// W also marks a stale or expiring item when other clients use those
-	// features; only an empty placeholder is a lease.
-	if !h.won || len(it.Value) != 0 || it.Flags != 0 || h.cas == 0 {
-		c.put(mc)
-		return it, nil, nil
+	// features: only an empty placeholder is a lease.
+	if err != nil || !won || len(it.Value) != 0 || it.Flags != 0 || it.CasID == 0 {
+		return it, nil, err
 	}
-	return it, &Lease{c: c, key: key, cas: h.cas, conn: mc}, nil
+	return it, &Lease{c: c, key: key, cas: it.CasID, conn: via}, nil
 }
 
 // Key returns the leased key.
 func (l *Lease) Key() string { return l.key }
 
 // Fill replaces the placeholder with value if it is still there and
-// unchanged: nil if it was stored, memcache.ErrCASConflict if the key
-// changed, memcache.ErrCacheMiss if it is gone. The lease is used up.
+// unchanged: nil if it was stored, memcache.ErrCASConflict if the key changed, memcache.ErrCacheMiss
+// if it is gone or the lease was used already; another error if the lease's
+// connection failed or had closed. The lease is used up.
 func (l *Lease) Fill(value []byte, flags uint32, exp int32) error {
 	mc := l.conn
 	l.conn = nil
 	if mc == nil {
 		return memcache.ErrCacheMiss
 	}
-	mc.buf = append(mc.buf[:0], "ms "...)
-	mc.buf = append(mc.buf, l.key...)
-	mc.buf = append(mc.buf, ' ')
-	mc.buf = strconv.AppendInt(mc.buf, int64(len(value)), 10)
-	mc.buf = append(mc.buf, " C"...)
-	mc.buf = strconv.AppendUint(mc.buf, l.cas, 10)
-	mc.buf = append(mc.buf, " F"...)
-	mc.buf = strconv.AppendUint(mc.buf, uint64(flags), 10)
-	mc.buf = append(mc.buf, " T"...)
-	mc.buf = strconv.AppendInt(mc.buf, int64(exp), 10)
-	mc.buf = append(mc.buf, "\r\n"...)
-	mc.buf = append(mc.buf, value...)
-	mc.buf = append(mc.buf, "\r\n"...)
-	return l.c.finish(mc)
+	r := l.c.newRequest()
+	r.kind, r.key, r.cas, r.pin = reqFill, l.key, l.cas, mc
+	r.value, r.flags, r.ttl = value, flags, exp
+	l.c.do(mc.pool, r)
+	err := r.err
+	l.c.freeRequest(r)
+	return err
 }
 
 // Release deletes the placeholder if it is still there and unchanged, so
@@ -278,32 +283,24 @@ func (l *Lease) Release() {
 	if mc == nil {
 		return
 	}
-	mc.buf = append(mc.buf[:0], "md "...)
-	mc.buf = append(mc.buf, l.key...)
-	mc.buf = append(mc.buf, " C"...)
-	mc.buf = strconv.AppendUint(mc.buf, l.cas, 10)
-	mc.buf = append(mc.buf, "\r\n"...)
-	_ = l.c.finish(mc)
+	r := l.c.newRequest()
+	r.kind, r.key, r.cas, r.pin = reqRelease, l.key, l.cas, mc
+	l.c.do(mc.pool, r)
+	l.c.freeRequest(r)
 }
 
-// finish sends an ms or md request and maps its answer.
-func (c *Client) finish(mc *metaConn) error {
-	line, err := c.roundTrip(mc)
+// metaDelete deletes key with "md <key>", coalesced with concurrent
+// requests to its server: memcache.ErrCacheMiss if it was missing.
+func (c *Client) metaDelete(key string) error {
+	p, err := c.poolOf(key)
 	if err != nil {
 		return err
 	}
-	switch {
-	case bytes.HasPrefix(line, []byte("HD")):
-	case bytes.HasPrefix(line, []byte("EX")):
-		err = memcache.ErrCASConflict
-	case bytes.HasPrefix(line, []byte("NF")):
-		err = memcache.ErrCacheMiss
-	case bytes.HasPrefix(line, []byte("NS")):
-		err = memcache.ErrNotStored
-	default:
-		err = replyErr(line)
-	}
-	c.put(mc) // line is no longer used: it is in mc's buffer
+	r := c.newRequest()
+	r.kind, r.key = reqDelete, key
+	c.do(p, r)
+	err = r.err
+	c.freeRequest(r)
 	return err
 }
 
@@ -458,19 +455,31 @@ func (c *Client) getPipeline(keys []string, out map[string]*memcache.Item) error
 	return keyErr
 }
 
-// vaHeader is what a "VA <size> <flags>*" line says.
+// vaHeader is what a "VA <size> <flags>*" line, or a status line's flags,
+// says.
 type vaHeader struct {
-	size  int
-	flags uint32 // f
-	cas   uint64 // c
-	key   []byte // k
-	won   bool   // W
+	size   int
+	flags  uint32 // f
+	cas    uint64 // c
+	key    []byte // k
+	won    bool   // W
+	opaque uint64 // O
 }
 
 // parseVA parses a "VA <size> <flags>*" line, the flags in any order.
-func parseVA(line []byte) (h vaHeader, ok bool) {
+func parseVA(line []byte) (h vaHeader, ok bool) { return parseFlags(line[3:], true) }
+
+// parseFlags parses the flags of a meta response line after its code,
+// starting with the size of a value if sized is set.
+func parseFlags(rest []byte, sized bool) (h vaHeader, ok bool) {
 	h.size = -1
-	for i, rest := 0, line[3:]; len(rest) > 0; i++ {
+	if !sized {
+		h.size = 0
+		if len(rest) > 0 && rest[0] == ' ' {
+			rest = rest[1:]
+		}
+	}
+	for i := 0; len(rest) > 0; i++ {
 		f := rest
 		if j := bytes.IndexByte(rest, ' '); j >= 0 {
 			f, rest = rest[:j], rest[j+1:]
@@ -483,7 +492,7 @@ func parseVA(line []byte) (h vaHeader, ok bool) {
 		var n uint64
 		ok := true
 		switch {
-		case i == 0:
+		case i == 0 && sized:
 			n, ok = parseDecimal(f)
 			ok = ok && n <= 1<<31
 			h.size = int(n)
@@ -497,6 +506,8 @@ func parseVA(line []byte) (h vaHeader, ok bool) {
 			h.key = f[1:]
 		case f[0] == 'W':
 			h.won = true
+		case f[0] == 'O':
+			h.opaque, ok = parseDecimal(f[1:])
 		}
 		if !ok {
 			return h, false
