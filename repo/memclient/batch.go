@@ -1,7 +1,7 @@
 package memclient
 
 // Coalescing: the single-key meta requests of concurrent callers (LeaseGet,
-// Delete, and a lease's Fill and Release) leave for their
+// LeaseGetEarly, Delete, and a lease's Fill and Release) leave for their
 // server together, one pipeline per round trip. See the package
 // documentation.
 
@@ -36,6 +36,7 @@ type reqKind uint8
 
 const (
 	reqLease   reqKind = iota // mg <key> v c f N<ttl>
+	reqEarly                  // mg <key> v c f t N<ttl> R<early>
 	reqDelete                 // md <key>
 	reqFill                   // ms <key> <size> C<cas> F<flags> T<ttl>
 	reqRelease                // md <key> C<cas>
@@ -48,6 +49,7 @@ type request struct {
 	kind  reqKind
 	key   string
 	ttl   int32 // N of a read, T of a fill
+	early int32 // R of reqEarly
 	cas   uint64
 	flags uint32
 	value []byte
@@ -66,7 +68,7 @@ type request struct {
 }
 
 // read reports whether r is an mg request.
-func (r *request) read() bool { return r.kind == reqLease }
+func (r *request) read() bool { return r.kind == reqLease || r.kind == reqEarly }
 
 // size estimates r's bytes on the wire.
 func (r *request) size() int { return len(r.key) + len(r.value) + 64 }
@@ -74,11 +76,19 @@ func (r *request) size() int { return len(r.key) + len(r.value) + 64 }
 // appendTo appends r, with opaque token tok, to b.
 func (r *request) appendTo(b []byte, tok uint64) []byte {
 	switch r.kind {
-	case reqLease:
+	case reqLease, reqEarly:
 		b = append(b, "mg "...)
 		b = append(b, r.key...)
-		b = append(b, " v c f N"...)
+		if r.kind == reqEarly {
+			b = append(b, " v c f t N"...)
+		} else {
+			b = append(b, " v c f N"...)
+		}
 		b = strconv.AppendInt(b, int64(r.ttl), 10)
+		if r.kind == reqEarly && r.early > 0 {
+			b = append(b, " R"...)
+			b = strconv.AppendInt(b, int64(r.early), 10)
+		}
 	case reqDelete, reqRelease:
 		b = append(b, "md "...)
 		b = append(b, r.key...)
@@ -120,9 +130,9 @@ type lane struct {
 
 // readKey is what makes two reads identical.
 type readKey struct {
-	kind reqKind
-	key  string
-	ttl  int32
+	kind       reqKind
+	key        string
+	ttl, early int32
 }
 
 // batch is the requests that leave together on a lane.
@@ -138,7 +148,7 @@ type batch struct {
 func (b *batch) add(r *request, dedup bool) bool {
 	var k readKey
 	if dedup && r.read() {
-		k = readKey{r.kind, r.key, r.ttl}
+		k = readKey{r.kind, r.key, r.ttl, r.early}
 		if first := b.ln.seen[k]; first != nil {
 			r.same = first
 			b.reqs = append(b.reqs, r)
@@ -376,11 +386,14 @@ func (c *Client) answer(mc *metaConn, r *request) error {
 	}
 	if r.read() && bytes.HasPrefix(line, []byte("VA ")) {
 		h, ok := parseVA(line)
-		if !ok || h.opaque != r.token {
+		if !ok || h.opaque != r.token || (r.kind == reqEarly && !h.hasTTL) {
 			mc.nc.Close()
 			return fmt.Errorf("memclient: malformed or unexpected response %q", line)
 		}
 		it := &memcache.Item{Key: r.key, Flags: h.flags, CasID: h.cas}
+		if r.kind == reqEarly {
+			it.Expiration = fillExp(h.ttl)
+		}
 		if it.Value, err = mc.appendValue(make([]byte, 0, h.size+2), h.size); err != nil {
 			return err
 		}

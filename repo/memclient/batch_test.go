@@ -597,3 +597,132 @@ func TestClientDelete(t *testing.T) {
 		}
 	}
 }
+
+// LeaseGetEarly: of the reads of a key whose TTL runs out within early
+// seconds exactly one wins a refresh lease on the value; its Fill replaces
+// the value unless a writer got there first, and giving it up leaves the
+// value.
+func TestLeaseGetEarly(t *testing.T) {
+	c := rig(t)
+	set := func(key, value string, exp int32) {
+		t.Helper()
+		if err := c.Set(&memcache.Item{Key: key, Value: []byte(value), Flags: 5, Expiration: exp}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// win reads key with early=5 from many goroutines at once and returns
+	// the one refresh lease.
+	win := func(key, want string) *Lease {
+		t.Helper()
+		const readers = 64
+		leases := make(chan *Lease, readers)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for range readers {
+			wg.Go(func() {
+				<-start
+				it, l, err := c.LeaseGetEarly(key, 3, 5)
+				if err != nil || string(it.Value) != want || it.Flags != 5 {
+					t.Errorf("LeaseGetEarly(%s): %+v, %v; want %q", key, it, err, want)
+					return
+				}
+				if it.Expiration < 1 || it.Expiration > 2 {
+					t.Errorf("LeaseGetEarly(%s): Expiration %d, want the remaining TTL (1-2)", key, it.Expiration)
+				}
+				if l != nil {
+					leases <- l
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(leases)
+		var got []*Lease
+		for l := range leases {
+			got = append(got, l)
+		}
+		if len(got) != 1 {
+			t.Fatalf("%d of %d readers of %s won the refresh, want 1", len(got), readers, key)
+		}
+		if !got[0].Refresh() || got[0].Key() != key {
+			t.Fatalf("the refresh lease: Refresh %v, key %q", got[0].Refresh(), got[0].Key())
+		}
+		return got[0]
+	}
+
+	// The refresh fills: the new value replaces the old, with its TTL.
+	set("hot", "old", 2)
+	l := win("hot", "old")
+	if it, l2, err := c.LeaseGetEarly("hot", 3, 5); err != nil || l2 != nil || string(it.Value) != "old" {
+		t.Fatalf("a read after the win: %+v lease %v, %v; want the value, no lease", it, l2, err)
+	}
+	if err := l.Fill([]byte("new"), 5, 60); err != nil {
+		t.Fatalf("the refresh fill: %v", err)
+	}
+	if it, l2, err := c.LeaseGetEarly("hot", 3, 5); err != nil || l2 != nil || string(it.Value) != "new" || it.Expiration < 59 {
+		t.Fatalf("after the refresh: %+v lease %v, %v; want the new value with its TTL, no lease", it, l2, err)
+	}
+
+	// A write between the win and the fill wins.
+	set("written", "old", 2)
+	l = win("written", "old")
+	set("written", "writer", 60)
+	if err := l.Fill([]byte("refresh"), 5, 60); !errors.Is(err, memcache.ErrCASConflict) {
+		t.Fatalf("a refresh fill after a write: %v, want ErrCASConflict", err)
+	}
+	if it, err := c.Get("written"); err != nil || string(it.Value) != "writer" {
+		t.Fatalf("after the lost refresh: %+v, %v", it, err)
+	}
+	// So does a delete.
+	set("deleted", "old", 2)
+	l = win("deleted", "old")
+	if err := c.Delete("deleted"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Fill([]byte("refresh"), 5, 60); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("a refresh fill after a delete: %v, want ErrCacheMiss", err)
+	}
+
+	// Giving the refresh up leaves the value, and nobody else wins it.
+	set("given-up", "old", 2)
+	l = win("given-up", "old")
+	l.Release()
+	if err := l.Fill([]byte("late"), 5, 60); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("a fill after Release: %v, want ErrCacheMiss", err)
+	}
+	if it, l2, err := c.LeaseGetEarly("given-up", 3, 5); err != nil || l2 != nil || string(it.Value) != "old" {
+		t.Fatalf("after giving the refresh up: %+v lease %v, %v; want the value, no lease", it, l2, err)
+	}
+
+	// No win while the TTL is longer than early, nor for a key that never
+	// expires, nor with early 0.
+	set("fresh", "v", 60)
+	set("forever", "v", 0)
+	set("plain", "v", 2)
+	for _, tc := range []struct {
+		key   string
+		early int32
+	}{{"fresh", 5}, {"forever", 5}, {"plain", 0}} {
+		if it, l, err := c.LeaseGetEarly(tc.key, 3, tc.early); err != nil || l != nil || string(it.Value) != "v" {
+			t.Fatalf("LeaseGetEarly(%s, early %d): %+v lease %v, %v; want the value, no lease", tc.key, tc.early, it, l, err)
+		}
+	}
+	// LeaseGet never hands out a refresh.
+	set("lease-get", "v", 2)
+	if it, l, err := c.LeaseGet("lease-get", 3); err != nil || l != nil || string(it.Value) != "v" {
+		t.Fatalf("LeaseGet of an expiring key: %+v lease %v, %v", it, l, err)
+	}
+
+	// A miss takes a miss lease, which Release deletes.
+	it, l, err := c.LeaseGetEarly("missing", 3, 5)
+	if err != nil || l == nil || l.Refresh() || len(it.Value) != 0 || it.Flags != 0 {
+		t.Fatalf("LeaseGetEarly of a missing key: %+v lease %+v, %v; want a miss lease on a placeholder", it, l, err)
+	}
+	if _, l2, err := c.LeaseGetEarly("missing", 3, 5); err != nil || l2 != nil {
+		t.Fatalf("a second read of the placeholder: lease %v, %v; want none", l2, err)
+	}
+	l.Release()
+	if _, err := c.Get("missing"); !errors.Is(err, memcache.ErrCacheMiss) {
+		t.Fatalf("after releasing the miss lease: %v, want a miss", err)
+	}
+}

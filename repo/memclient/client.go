@@ -23,7 +23,10 @@
 // Lease.Release ("md ... C<cas>"), on the same connection that took the
 // lease: CAS ids restart when memcached does, and a new connection may reach
 // a restarted server where the same id names a newer item. So a miss costs
-// two round trips (read, fill), as a plain Get and Set do.
+// two round trips (read, fill), as a plain Get and Set do. LeaseGetEarly
+// adds memcached's early recache ("R<early>"): of the reads of a hot key
+// whose TTL runs out within early seconds, one gets a refresh lease on the
+// value it read.
 //
 // GetMulti reads its keys with one pipeline of quiet mg requests per server
 // (servers in parallel), ended by "mn": misses send nothing, and the values
@@ -36,8 +39,8 @@
 //
 // # Coalescing
 //
-// The single-key meta requests (LeaseGet, Delete, and a lease's Fill and
-// Release) of concurrent callers leave for their server
+// The single-key meta requests (LeaseGet, LeaseGetEarly, Delete, and a
+// lease's Fill and Release) of concurrent callers leave for their server
 // together. Each server has two lanes, each a connection that carries one
 // batch of requests at a time. A caller that finds a lane idle sends its
 // request at once, alone: without contention nothing waits, and there is no

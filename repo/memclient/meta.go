@@ -209,30 +209,72 @@ func replyErr(line []byte) error {
 	return fmt.Errorf("memclient: unexpected response %q", line)
 }
 
-// Lease is a key's lease, taken by LeaseGet: the empty placeholder the
-// read created, to be replaced (Fill) or deleted (Release). Both are
-// compare-and-swaps on the CAS id the read returned, sent on the
-// connection that carried the read and on no other: CAS ids restart when
-// memcached does, and a new connection may reach a restarted server where
-// the same id names a newer item. Once that connection has closed, they
-// fail (Release silently) without being sent. A Lease is used once, by one
-// goroutine.
+// Lease is the right to write a key once, taken by LeaseGet or
+// LeaseGetEarly. It is one of two kinds, told apart by Refresh:
+//
+//   - A miss lease (Refresh reports false): the read found the key missing
+//     and created an empty placeholder (no value, flags 0), which others
+//     read as the key's lease. Fill replaces it; Release deletes it, so
+//     that waiters need not sit out its TTL.
+//   - A refresh lease (Refresh reports true; LeaseGetEarly only): the read
+//     hit a value whose remaining TTL was under its early seconds, and
+//     memcached made it the one read that may refresh the value. The
+//     caller answers with the value it read; Fill replaces it if it is
+//     still unchanged (a writer that changed or deleted it meanwhile
+//     wins); Release gives the refresh up, sends nothing and leaves the
+//     value.
+//
+// Fill and Release are compare-and-swaps on the CAS id the read returned,
+// sent on the connection that carried the read and on no other: CAS ids
+// restart when memcached does, and a new connection may reach a restarted
+// server where the same id names a newer item. Once that connection has
+// closed, they fail (Release silently) without being sent. A Lease is used
+// once, by one goroutine.
 type Lease struct {
-	c    *Client
-	key  string
-	cas  uint64
-	conn *metaConn // nil once used
+	c       *Client
+	key     string
+	cas     uint64
+	conn    *metaConn // nil once used
+	refresh bool
 }
 
 // LeaseGet reads key, creating a placeholder that lives ttl seconds if it
 // is missing. It returns the item (a placeholder is empty with flags 0)
-// and, if this call created the placeholder, the lease on it. The
+// and, if this call created the placeholder, the (miss) lease on it. The
 // read is coalesced with concurrent ones to the same server (see the
 // package documentation); a failed read is not retried, and after a
 // connection was cut the idle connections to that server are closed too.
 // Against servers without the meta protocol it returns ErrNoMeta; for a key
 // the protocol cannot carry, memcache.ErrMalformedKey.
 func (c *Client) LeaseGet(key string, ttl int32) (*memcache.Item, *Lease, error) {
+	return c.leaseGet(reqLease, key, ttl, 0)
+}
+
+// LeaseGetEarly is LeaseGet that also recaches hot keys early, with
+// memcached's own mechanism ("mg <key> v c f t N<ttl> R<early>"): when a
+// hit's remaining TTL is below early seconds, memcached makes exactly one
+// read of that item the winner, and LeaseGetEarly returns it, with the
+// value, a refresh lease (Lease.Refresh reports true). The other reads of
+// the item, before and after, get the value and no lease, until a write
+// replaces it; so does a hit with more TTL left, or one that never expires.
+// A miss takes a miss lease as LeaseGet does. early <= 0 never wins a
+// refresh. A hit whose value is empty with flags 0 reads as a placeholder,
+// so its win is a miss lease.
+//
+// A caller holding a refresh lease answers with the value at once; it may
+// read the source and Fill the lease with the fresh value, or Release it
+// to give the refresh up. The item's Expiration is its remaining TTL, as an
+// expiration for a store request (0: it never expires).
+//
+// A read that wins a refresh lease and neither fills nor is followed by a
+// write leaves the key as it is: no other read wins its refresh, and it
+// expires at its TTL, after which the next read takes a miss lease.
+func (c *Client) LeaseGetEarly(key string, ttl, early int32) (*memcache.Item, *Lease, error) {
+	return c.leaseGet(reqEarly, key, ttl, early)
+}
+
+// leaseGet is LeaseGet (kind reqLease) and LeaseGetEarly (reqEarly).
+func (c *Client) leaseGet(kind reqKind, key string, ttl, early int32) (*memcache.Item, *Lease, error) {
 	if c.noMeta.Load() {
 		return nil, nil, ErrNoMeta
 	}
@@ -241,23 +283,32 @@ func (c *Client) LeaseGet(key string, ttl int32) (*memcache.Item, *Lease, error)
 		return nil, nil, err
 	}
 	r := c.newRequest()
-	r.kind, r.key, r.ttl = reqLease, key, ttl
+	r.kind, r.key, r.ttl, r.early = kind, key, ttl, early
 	c.do(p, r)
 	it, won, via, err := r.item, r.won, r.via, r.err
 	c.freeRequest(r)
-	// W also marks a stale or expiring item when other clients use those
-	// features: only an empty placeholder is a lease.
-	if err != nil || !won || len(it.Value) != 0 || it.Flags != 0 || it.CasID == 0 {
+	if err != nil || !won || it.CasID == 0 {
 		return it, nil, err
 	}
-	return it, &Lease{c: c, key: key, cas: it.CasID, conn: via}, nil
+	placeholder := len(it.Value) == 0 && it.Flags == 0
+	if !placeholder && kind != reqEarly {
+		// W also marks a stale or expiring item when other clients use
+		// those features: only a placeholder is LeaseGet's lease.
+		return it, nil, nil
+	}
+	return it, &Lease{c: c, key: key, cas: it.CasID, conn: via, refresh: !placeholder}, nil
 }
 
 // Key returns the leased key.
 func (l *Lease) Key() string { return l.key }
 
-// Fill replaces the placeholder with value if it is still there and
-// unchanged: nil if it was stored, memcache.ErrCASConflict if the key changed, memcache.ErrCacheMiss
+// Refresh reports whether l is a refresh lease, on a hit's value (see
+// LeaseGetEarly), rather than a miss lease, on an empty placeholder.
+func (l *Lease) Refresh() bool { return l.refresh }
+
+// Fill replaces the leased item (a placeholder, or the value of a refresh
+// lease) with value if it is still there and unchanged: nil if it was
+// stored, memcache.ErrCASConflict if the key changed, memcache.ErrCacheMiss
 // if it is gone or the lease was used already; another error if the lease's
 // connection failed or had closed. The lease is used up.
 func (l *Lease) Fill(value []byte, flags uint32, exp int32) error {
@@ -275,12 +326,13 @@ func (l *Lease) Fill(value []byte, flags uint32, exp int32) error {
 	return err
 }
 
-// Release deletes the placeholder if it is still there and unchanged, so
-// that waiters need not sit out its TTL. The lease is used up.
+// Release gives the lease up. A miss lease's placeholder is deleted if it
+// is still there and unchanged, so that waiters need not sit out its TTL; a
+// refresh lease sends nothing and leaves the value. The lease is used up.
 func (l *Lease) Release() {
 	mc := l.conn
 	l.conn = nil
-	if mc == nil {
+	if mc == nil || l.refresh {
 		return
 	}
 	r := l.c.newRequest()
@@ -464,6 +516,8 @@ type vaHeader struct {
 	key    []byte // k
 	won    bool   // W
 	opaque uint64 // O
+	ttl    int64  // t: remaining seconds, -1 for never
+	hasTTL bool
 }
 
 // parseVA parses a "VA <size> <flags>*" line, the flags in any order.
@@ -508,6 +562,15 @@ func parseFlags(rest []byte, sized bool) (h vaHeader, ok bool) {
 			h.won = true
 		case f[0] == 'O':
 			h.opaque, ok = parseDecimal(f[1:])
+		case f[0] == 't':
+			h.hasTTL = true
+			if string(f[1:]) == "-1" {
+				h.ttl = -1
+				break
+			}
+			n, ok = parseDecimal(f[1:])
+			ok = ok && n < 1<<62
+			h.ttl = int64(n)
 		}
 		if !ok {
 			return h, false

@@ -210,6 +210,12 @@ func (m *Migration) LeaseGet(key string, ttl int32) (*memcache.Item, *Lease, err
 	return m.primary().LeaseGet(key, ttl)
 }
 
+// LeaseGetEarly reads key from the primary ring, taking its lease on a miss
+// or, near the end of a hit's TTL, its refresh (Client.LeaseGetEarly).
+func (m *Migration) LeaseGetEarly(key string, ttl, early int32) (*memcache.Item, *Lease, error) {
+	return m.primary().LeaseGetEarly(key, ttl, early)
+}
+
 // Server returns the address of key's server in the primary ring.
 func (m *Migration) Server(key string) (net.Addr, error) { return m.primary().Server(key) }
 
