@@ -76,6 +76,16 @@ type Options struct {
 	// CASRetries bounds every compare-and-swap loop. Default 16.
 	CASRetries int
 
+	// EarlyRefresh: a hit on a row with less than this left to live, over
+	// a *memclient.Client, wins the right to refresh it (memcached's early
+	// recache: one reader wins per item) and, while answering at once,
+	// reads the row again and replaces the entry by CAS, so a hot key's
+	// expiry brings no miss, no latency spike and no herd. Default TTL/10,
+	// at most 1m, and none for a TTL under 20s; set, at least 2s (memcached
+	// counts whole seconds); negative means none. Get refreshes; GetMany
+	// does not.
+	EarlyRefresh time.Duration
+
 	// GenerationRefresh is how often a store re-reads its table's key
 	// generation from the cache, and so how long other processes may serve
 	// rows cached before an InvalidateAll. Default 1s.
@@ -129,7 +139,7 @@ func (o *Options) config(name string) protocol.Config {
 	return protocol.Config{Name: name, Namespace: r.Namespace, TTL: r.TTL, Jitter: r.Jitter,
 		NegativeTTL: r.NegativeTTL, LeaseTTL: r.LeaseTTL, LeaseWait: r.LeaseWait,
 		MaxItemSize: r.MaxItemSize, CASRetries: r.CASRetries, BreakerFailures: r.BreakerFailures,
-		BreakerCooldown: r.BreakerCooldown, Hooks: r.Hooks}.WithDefaults()
+		BreakerCooldown: r.BreakerCooldown, EarlyRefresh: r.EarlyRefresh, Hooks: r.Hooks}.WithDefaults()
 }
 
 func (o *Options) repairer() *invalidation.Repairer {

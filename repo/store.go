@@ -243,6 +243,10 @@ func (s *Store[T, K]) getCache(ctx context.Context, k K, key string) (v T, err e
 		return s.readAround(ctx, k, key)
 	}
 	it, l, err := s.c.Get(key)
+	if l != nil && l.Refresh() { // a hit close to expiry, whose refresh we won
+		s.refresh(ctx, k, key, l)
+		l = nil
+	}
 	if l != nil { // a miss, and the lease is ours
 		s.c.Miss(ctx, key)
 		if fb := s.c.Fallback(key); fb != nil {
@@ -399,6 +403,37 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 		return nil, err
 	}
 	return r.(*loaded[T]), nil
+}
+
+// refresh re-reads the row of key in the background, for a hit whose early
+// refresh (Options.EarlyRefresh) this read won, and replaces the entry
+// through the refresh lease l: a CAS on the hit, so a writer that changed or
+// deleted the entry meanwhile wins, and a read that began before a write
+// can only put back a version the write's own write-through then replaces.
+func (s *Store[T, K]) refresh(ctx context.Context, k K, key string, l *memclient.Lease) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.c.Opt.LeaseTTL)
+	go func() {
+		defer cancel()
+		r, err := s.selectOne(ctx, k)
+		if err != nil {
+			l.Release() // leaves the entry as it is
+			return
+		}
+		var value []byte
+		var flags uint32
+		ttl := s.c.Opt.TTL
+		if r.found {
+			value, flags = s.envelope(ctx, key, &r.v, s.versionOf(&r.v))
+		} else {
+			value, flags = s.envelope(ctx, key, nil, 0)
+			ttl = s.c.Opt.NegativeTTL
+		}
+		if value == nil {
+			l.Release()
+			return
+		}
+		s.c.FillFrom(ctx, l, &memcache.Item{Value: value, Flags: flags}, s.c.Expiry(ttl, true))
+	}()
 }
 
 // selectOne reads one row from the database, without the cache.

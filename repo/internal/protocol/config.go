@@ -20,6 +20,7 @@ type Config struct {
 	CASRetries      int
 	BreakerFailures int
 	BreakerCooldown time.Duration
+	EarlyRefresh    time.Duration // negative: none
 	Hooks           observe.Hooks
 }
 
@@ -66,6 +67,17 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.CASRetries <= 0 {
 		c.CASRetries = 16
+	}
+	// memcached counts the remaining TTL in whole seconds: with less than 2
+	// an item may expire before its refresh is won.
+	switch {
+	case c.EarlyRefresh == 0: // negative: none (kept negative, so defaults apply once)
+		c.EarlyRefresh = min(c.TTL/10, time.Minute)
+		if c.EarlyRefresh < 2*time.Second {
+			c.EarlyRefresh = -1 // a TTL under 20s gets none by default
+		}
+	case c.EarlyRefresh > 0 && c.EarlyRefresh < 2*time.Second:
+		c.EarlyRefresh = 2 * time.Second
 	}
 	return c
 }

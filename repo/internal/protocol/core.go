@@ -28,6 +28,13 @@ type leaseReader interface {
 	LeaseGet(key string, ttl int32) (*memcache.Item, *memclient.Lease, error)
 }
 
+// earlyReader is the optional interface of a Cache whose lease-taking reads
+// can also win the early refresh of a hit close to expiry (memclient's
+// LeaseGetEarly).
+type earlyReader interface {
+	LeaseGetEarly(key string, ttl, early int32) (*memcache.Item, *memclient.Lease, error)
+}
+
 // Execer is the part of a database handle that records lost keys.
 type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -57,6 +64,7 @@ type Core struct {
 	failing  atomic.Int32 // breakers with failures counted
 	rec      Recovery     // may be nil
 	meta     leaseReader  // nil if the cache cannot take leases in reads
+	early    earlyReader  // nil if it cannot win early refreshes, or none is configured
 	observed bool         // some hook is set
 
 	// lost, if set, records a key whose deletion failed in the outbox, so
@@ -96,6 +104,9 @@ func New(cache Cache, cfg Config, rec Recovery) *Core {
 	c.Cache = guarded{Cache: cache, c: c}
 	if m, ok := cache.(leaseReader); ok {
 		c.meta = m
+	}
+	if e, ok := cache.(earlyReader); ok && c.Opt.EarlyRefresh > 0 {
+		c.early = e
 	}
 	return c
 }
@@ -292,7 +303,9 @@ func (c *Core) notInvalidated(ctx context.Context, step observe.Step, key string
 
 // Get reads key: over a lease-taking cache, taking the key's lease on a miss
 // (the returned *memclient.Lease, which the caller must hand to a load with
-// HandOff); else with a plain get. A lease-taking read that fails is not
+// HandOff); else with a plain get. With EarlyRefresh, a hit may come with a
+// refresh lease (Lease.Refresh): the caller answers with the item and may
+// refresh it through the lease (see Store's refresh). A lease-taking read that fails is not
 // retried: the caller trips the breaker, so the outbox is replayed before the
 // cache is trusted again (a cut connection may hide an outage during which
 // writes could not update the cache), and the client has already dropped the
@@ -308,8 +321,12 @@ func (c *Core) Get(key string) (*memcache.Item, *memclient.Lease, error) {
 	return it, nil, err
 }
 
-func (c *Core) metaGet(key string) (*memcache.Item, *memclient.Lease, error) {
-	it, l, err := c.meta.LeaseGet(key, c.Expiry(c.Opt.LeaseTTL, false))
+func (c *Core) metaGet(key string) (it *memcache.Item, l *memclient.Lease, err error) {
+	if c.early != nil {
+		it, l, err = c.early.LeaseGetEarly(key, c.Expiry(c.Opt.LeaseTTL, false), int32(c.Opt.EarlyRefresh/time.Second))
+	} else {
+		it, l, err = c.meta.LeaseGet(key, c.Expiry(c.Opt.LeaseTTL, false))
+	}
 	c.record(key, err)
 	return it, l, err
 }
