@@ -11,8 +11,8 @@
 #   full:            11,000 products x 170 stores = 1,870,000 stock rows
 #
 # Environment: DEMO_DURATION (per run, default 12s), DEMO_ROUNDS (on/off pairs, 2), DEMO_CLIENTS (64),
-# DEMO_PIN (taskset: the load generator on one CPU with GOMAXPROCS=1, the default; procs: only
-# GOMAXPROCS=1; none),
+# DEMO_PIN (procs, the default: the load generator on GOMAXPROCS=1, the service on every CPU;
+# taskset: the load generator also pinned to CPU 0; none),
 # DEMO_REPORT_DIR (default examples/retail/report, or report-full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,11 +97,11 @@ say "warm-up (and the raw parallel Set baseline)"
 mkdir -p "$report_dir"
 "$retail" warm -raw -out "$report_dir/warm.json"
 say "load: $clients clients, $duration per run, $rounds rounds of cache on then off"
-# The load generator runs on one CPU with GOMAXPROCS=1 so that it does not
-# starve the service it measures, which gets every CPU.
-# DEMO_PIN=none runs it unpinned; DEMO_PIN=procs only sets its GOMAXPROCS=1.
+# The load generator runs with GOMAXPROCS=1 (DEMO_PIN=taskset: also pinned
+# to CPU 0) so that it does not starve the service it measures, which gets
+# every CPU; DEMO_PIN=none runs it unpinned.
 pin=()
-case "${DEMO_PIN:-taskset}" in
+case "${DEMO_PIN:-procs}" in
 taskset)
 	if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
 		pin=(env GOMAXPROCS=1 RETAIL_SERVICE_CPUS="0-$(($(nproc) - 1))" RETAIL_SERVICE_PROCS="$(nproc)" taskset -c 0)
