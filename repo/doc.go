@@ -25,6 +25,13 @@
 //	repo/repotest      real PostgreSQL and memcached servers for tests
 //	migrations         the library's own tables (outbox, counters, scores)
 //
+// In front of memcached, a Store may read through a NearCache
+// (Options.Near: in process, invalidated across processes by NOTIFY, never
+// older than its MaxAge; see NearCache for the bound), and a hot key close
+// to expiry is refreshed by one reader before it expires
+// (Options.EarlyRefresh). Concurrent requests to one memcached server leave
+// together, one pipeline per connection (memclient's coalescing).
+//
 // Every cached table needs an explicit key and, for write-through, a version
 // column (see Table.Version). The default codec caches every type pgx v5
 // scans into by default (see Table.Codec).
