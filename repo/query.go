@@ -12,6 +12,7 @@ import (
 	"github.com/cachedrepo/cachedrepo/cachekeys"
 	"github.com/cachedrepo/cachedrepo/internal/codec"
 	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
@@ -56,6 +57,7 @@ type QueryConfig[A any, V any] struct {
 	Jitter          float64       // as Options.Jitter
 	LeaseTTL        time.Duration // as Options.LeaseTTL
 	LeaseWait       time.Duration // as Options.LeaseWait
+	EarlyRefresh    time.Duration // as Options.EarlyRefresh (none for a TTL under 20s by default)
 	MaxItemSize     int           // as Options.MaxItemSize
 	BreakerFailures int           // as Options.BreakerFailures
 	BreakerCooldown time.Duration // as Options.BreakerCooldown
@@ -76,7 +78,8 @@ func NewQuery[A any, V any](cache Cache, cfg QueryConfig[A, V]) (*Query[A, V], e
 	}
 	pc := protocol.Config{Name: cfg.Name, Namespace: cfg.Namespace, TTL: cfg.TTL, Jitter: cfg.Jitter,
 		LeaseTTL: cfg.LeaseTTL, LeaseWait: cfg.LeaseWait, MaxItemSize: cfg.MaxItemSize,
-		BreakerFailures: cfg.BreakerFailures, BreakerCooldown: cfg.BreakerCooldown, Hooks: cfg.Hooks}.WithDefaults()
+		BreakerFailures: cfg.BreakerFailures, BreakerCooldown: cfg.BreakerCooldown, EarlyRefresh: cfg.EarlyRefresh,
+		Hooks: cfg.Hooks}.WithDefaults()
 	cd, err := codec.For[box[V]]()
 	if err != nil {
 		return nil, fmt.Errorf("repo: query %q: %w", cfg.Name, err)
@@ -162,13 +165,18 @@ func (q *Query[A, V]) Get(ctx context.Context, args A) (_ V, err error) {
 	if err != nil {
 		return zero, q.err(observe.OpQueryGet, err)
 	}
-	v, hit, ok := q.c.Read(ctx, key, func(it *memcache.Item) (any, bool) { return q.open(it) })
+	v, hit, ok, l := q.c.ReadLeased(ctx, key, func(it *memcache.Item) (any, bool) { return q.open(it) })
 	switch {
 	case hit:
+		if l != nil { // close to expiry, and its early refresh is ours
+			q.refresh(ctx, key, args, l)
+		}
 		r, _ := v.(V) // comma-ok: a nil result of an interface type V
 		return r, nil
 	case !ok:
 		return q.direct(ctx, args)
+	case l != nil:
+		defer q.c.HandOff(key, l)()
 	}
 	r, err := q.c.Share(ctx, key, func(ctx context.Context) (any, error) { return q.fill(ctx, key, args) }, nil)
 	if err != nil {
@@ -176,6 +184,39 @@ func (q *Query[A, V]) Get(ctx context.Context, args A) (_ V, err error) {
 	}
 	res, _ := r.(V) // comma-ok: a nil result of an interface type V
 	return res, nil
+}
+
+// refresh loads the result for args again in the background and replaces
+// the cached one through the refresh lease l (a CAS on the hit: an
+// Invalidate meanwhile wins), as Store's early refresh does.
+func (q *Query[A, V]) refresh(ctx context.Context, key string, args A, l *memclient.Lease) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.c.Opt.LeaseTTL)
+	go func() {
+		defer cancel()
+		q.c.DBRead()
+		v, err := q.load(ctx, args)
+		if err != nil {
+			l.Release()
+			return
+		}
+		value := q.envelope(ctx, key, v)
+		if value == nil {
+			l.Release()
+			return
+		}
+		q.c.FillFrom(ctx, l, &memcache.Item{Value: value, Flags: protocol.FlagsOf(protocol.KindValue)}, q.c.Expiry(q.c.Opt.TTL, true))
+	}()
+}
+
+// envelope encodes v, or returns nil (reported) if it is too large.
+func (q *Query[A, V]) envelope(ctx context.Context, key string, v V) []byte {
+	b := box[V]{V: v}
+	value := protocol.FinishEnvelope(q.codec.Append(protocol.BeginEnvelope(make([]byte, 0, 256), 0), &b))
+	if len(value) > q.c.Opt.MaxItemSize {
+		q.c.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), q.c.Opt.MaxItemSize))
+		return nil
+	}
+	return value
 }
 
 // direct serves a Get from Load alone (the cache failed).
@@ -231,12 +272,6 @@ func (q *Query[A, V]) fill(ctx context.Context, key string, args A) (any, error)
 			if err != nil {
 				return nil, nil, 0, 0, err
 			}
-			b := box[V]{V: v}
-			value := protocol.FinishEnvelope(q.codec.Append(protocol.BeginEnvelope(make([]byte, 0, 256), 0), &b))
-			if len(value) > q.c.Opt.MaxItemSize {
-				q.c.CacheErr(ctx, observe.StepEncode, key, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(value), q.c.Opt.MaxItemSize))
-				value = nil
-			}
-			return v, value, protocol.FlagsOf(protocol.KindValue), q.c.Expiry(q.c.Opt.TTL, true), nil
+			return v, q.envelope(ctx, key, v), protocol.FlagsOf(protocol.KindValue), q.c.Expiry(q.c.Opt.TTL, true), nil
 		})
 }

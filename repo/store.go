@@ -244,7 +244,11 @@ func (s *Store[T, K]) getCache(ctx context.Context, k K, key string) (v T, err e
 	}
 	it, l, err := s.c.Get(key)
 	if l != nil && l.Refresh() { // a hit close to expiry, whose refresh we won
-		s.refresh(ctx, k, key, l)
+		if kind, _, _, ok := protocol.OpenEnvelope(it.Flags, it.Value); ok && kind == protocol.KindValue {
+			s.refresh(ctx, k, key, l)
+		} else {
+			l.Release() // a "not found" or tombstone lives NegativeTTL, and is not refreshed
+		}
 		l = nil
 	}
 	if l != nil { // a miss, and the lease is ours
@@ -405,8 +409,8 @@ func (s *Store[T, K]) fill(ctx context.Context, k K, key string) (*loaded[T], er
 	return r.(*loaded[T]), nil
 }
 
-// refresh re-reads the row of key in the background, for a hit whose early
-// refresh (Options.EarlyRefresh) this read won, and replaces the entry
+// refresh re-reads the row of key in the background, for a hit on a row
+// whose early refresh (Options.EarlyRefresh) this read won, and replaces the entry
 // through the refresh lease l: a CAS on the hit, so a writer that changed or
 // deleted the entry meanwhile wins, and a read that began before a write
 // can only put back a version the write's own write-through then replaces.
@@ -419,20 +423,16 @@ func (s *Store[T, K]) refresh(ctx context.Context, k K, key string, l *memclient
 			l.Release() // leaves the entry as it is
 			return
 		}
-		var value []byte
-		var flags uint32
-		ttl := s.c.Opt.TTL
-		if r.found {
-			value, flags = s.envelope(ctx, key, &r.v, s.versionOf(&r.v))
-		} else {
-			value, flags = s.envelope(ctx, key, nil, 0)
-			ttl = s.c.Opt.NegativeTTL
+		if !r.found { // deleted meanwhile: its delete's write-through replaces the entry
+			l.Release()
+			return
 		}
+		value, flags := s.envelope(ctx, key, &r.v, s.versionOf(&r.v))
 		if value == nil {
 			l.Release()
 			return
 		}
-		s.c.FillFrom(ctx, l, &memcache.Item{Value: value, Flags: flags}, s.c.Expiry(ttl, true))
+		s.c.FillFrom(ctx, l, &memcache.Item{Value: value, Flags: flags}, s.c.Expiry(s.c.Opt.TTL, true))
 	}()
 }
 

@@ -416,6 +416,48 @@ func ownLease(it *memcache.Item, token uint64) bool {
 	return ok && k == KindLease && string(payload) == strconv.FormatUint(token, 36)
 }
 
+// ReadLeased is Read over a lease-taking cache, for a Query: a miss takes
+// the key's lease in its read (l, which the caller must hand to its load
+// with HandOff), and with EarlyRefresh a hit close to expiry may come with
+// its refresh lease (l.Refresh(): the caller may refresh the value through
+// it, as Store does). Over other caches it is Read, with l nil.
+func (c *Core) ReadLeased(ctx context.Context, key string, open func(*memcache.Item) (any, bool)) (v any, hit, ok bool, l *memclient.Lease) {
+	if c.meta == nil {
+		v, hit, ok = c.Read(ctx, key, open)
+		return v, hit, ok, nil
+	}
+	if !c.AllowRead(key) || !c.Clean(ctx, key) {
+		return nil, false, false, nil
+	}
+	it, l, err := c.Get(key)
+	switch {
+	case errors.Is(err, memclient.ErrNoMeta):
+		v, hit, ok = c.Read(ctx, key, open)
+		return v, hit, ok, nil
+	case err != nil && !IsMiss(err):
+		c.CacheErr(ctx, observe.StepGet, key, err)
+		c.Trip(key, err)
+		return nil, false, false, nil
+	case l != nil && !l.Refresh(): // a miss, and the lease is ours
+		c.Miss(ctx, key)
+		return nil, false, true, l
+	case err == nil:
+		if v, found := open(it); found {
+			c.Hit(ctx, key)
+			return v, true, true, l
+		}
+		if l != nil {
+			l.Release()
+		}
+		if k, _, _, valid := OpenEnvelope(it.Flags, it.Value); !valid || k != KindLease {
+			c.CacheErr(ctx, observe.StepDecode, key, ErrCorrupt)
+			c.Invalidate(ctx, key)
+		}
+	}
+	c.Miss(ctx, key)
+	return nil, false, true, nil
+}
+
 // Read reads key for a Query or an aggregate, with open decoding a value:
 // on a hit it returns the value and true. Otherwise ok tells a miss (true:
 // nothing usable, corrupt bytes deleted and reported, a lease left alone;

@@ -159,6 +159,10 @@ func (c *Core) take(key string, poll bool) (lease, *memcache.Item, error) {
 			return metaFill{c, l}, nil, nil
 		}
 		it, l, err := c.metaGet(key)
+		if l != nil && l.Refresh() { // a hit, whose early refresh the caller need not make
+			l.Release()
+			return nil, it, nil
+		}
 		if l != nil {
 			return metaFill{c, l}, nil, nil
 		}
