@@ -416,46 +416,26 @@ func ownLease(it *memcache.Item, token uint64) bool {
 	return ok && k == KindLease && string(payload) == strconv.FormatUint(token, 36)
 }
 
-// ReadLeased is Read over a lease-taking cache, for a Query: a miss takes
-// the key's lease in its read (l, which the caller must hand to its load
-// with HandOff), and with EarlyRefresh a hit close to expiry may come with
-// its refresh lease (l.Refresh(): the caller may refresh the value through
-// it, as Store does). Over other caches it is Read, with l nil.
+// ReadLeased is Read with the lease-taking read of Get, for a Query: a
+// miss takes the key's lease in its read (l, which the caller must hand to
+// its load with HandOff), and with EarlyRefresh a hit close to expiry may
+// come with its refresh lease (l.Refresh(): the caller may refresh the
+// value through it, as Store does). Over other caches l is nil.
 func (c *Core) ReadLeased(ctx context.Context, key string, open func(*memcache.Item) (any, bool)) (v any, hit, ok bool, l *memclient.Lease) {
-	if c.meta == nil {
-		v, hit, ok = c.Read(ctx, key, open)
-		return v, hit, ok, nil
-	}
 	if !c.AllowRead(key) || !c.Clean(ctx, key) {
 		return nil, false, false, nil
 	}
 	it, l, err := c.Get(key)
-	switch {
-	case errors.Is(err, memclient.ErrNoMeta):
-		v, hit, ok = c.Read(ctx, key, open)
-		return v, hit, ok, nil
-	case err != nil && !IsMiss(err):
-		c.CacheErr(ctx, observe.StepGet, key, err)
-		c.Trip(key, err)
-		return nil, false, false, nil
-	case l != nil && !l.Refresh(): // a miss, and the lease is ours
+	if l != nil && !l.Refresh() { // a miss, and the lease is ours
 		c.Miss(ctx, key)
 		return nil, false, true, l
-	case err == nil:
-		if v, found := open(it); found {
-			c.Hit(ctx, key)
-			return v, true, true, l
-		}
-		if l != nil {
-			l.Release()
-		}
-		if k, _, _, valid := OpenEnvelope(it.Flags, it.Value); !valid || k != KindLease {
-			c.CacheErr(ctx, observe.StepDecode, key, ErrCorrupt)
-			c.Invalidate(ctx, key)
-		}
 	}
-	c.Miss(ctx, key)
-	return nil, false, true, nil
+	v, hit, ok = c.answer(ctx, key, it, err, open)
+	if !hit && l != nil {
+		l.Release()
+		l = nil
+	}
+	return v, hit, ok, l
 }
 
 // Read reads key for a Query or an aggregate, with open decoding a value:
@@ -468,6 +448,11 @@ func (c *Core) Read(ctx context.Context, key string, open func(*memcache.Item) (
 		return nil, false, false
 	}
 	it, err := c.Cache.Get(key)
+	return c.answer(ctx, key, it, err, open)
+}
+
+// answer turns a read of key (it, err) into Read's results.
+func (c *Core) answer(ctx context.Context, key string, it *memcache.Item, err error, open func(*memcache.Item) (any, bool)) (v any, hit, ok bool) {
 	switch {
 	case err == nil:
 		if v, found := open(it); found {
