@@ -234,21 +234,10 @@ func runConsistencyProcesses(t *testing.T, cfg ckConfig) ckResult {
 		t.FailNow()
 	}
 
-	var history []ckOp
+	history, outs := collectWorkers(t, procs)
 	var res ckResult
 	var lastReady int64 = -1 << 63
-	for _, w := range procs {
-		b, err := os.ReadFile(w.out)
-		if err != nil {
-			t.Fatalf("worker process %d wrote no history: %v\n%s", w.index, err, w.report())
-		}
-		var out ckWorkerOut
-		if err := json.Unmarshal(b, &out); err != nil {
-			t.Fatalf("worker process %d: history: %v", w.index, err)
-		}
-		for _, op := range out.Ops {
-			history = append(history, op.op())
-		}
+	for _, out := range outs {
 		res.cacheErrors += int(out.CacheErrors)
 		lastReady = max(lastReady, out.ReadyNanos)
 	}
@@ -261,62 +250,118 @@ func runConsistencyProcesses(t *testing.T, cfg ckConfig) ckResult {
 	return res
 }
 
-// TestConsistencyWorker is one store instance of TestConsistencyProcesses,
-// in a process of its own; it is skipped unless that test started it.
-func TestConsistencyWorker(t *testing.T) {
-	index := os.Getenv(ckEnvWorker)
-	if index == "" {
-		t.Skip("a worker process of TestConsistencyProcesses: runs only when started by it")
+// collectWorkers waits (up to 2 minutes) for the worker processes to exit
+// and returns their histories, merged, and their outputs.
+func collectWorkers(t *testing.T, procs []*ckWorkerProc) (history []ckOp, outs []ckWorkerOut) {
+	t.Helper()
+	for _, w := range procs {
+		select {
+		case <-w.done:
+		case <-time.After(2 * time.Minute):
+			w.kill()
+			t.Fatalf("worker process %d still ran 2 minutes after the load's end (killed)\n%s", w.index, w.report())
+		}
+		if w.err != nil {
+			t.Fatalf("worker process %d failed: %v\n%s", w.index, w.err, w.report())
+		}
+		b, err := os.ReadFile(w.out)
+		if err != nil {
+			t.Fatalf("worker process %d wrote no history: %v\n%s", w.index, err, w.report())
+		}
+		var out ckWorkerOut
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("worker process %d: history: %v", w.index, err)
+		}
+		for _, op := range out.Ops {
+			history = append(history, op.op())
+		}
+		t.Logf("worker process %d: %d operations", w.index, len(out.Ops))
+		outs = append(outs, out)
 	}
+	return history, outs
+}
+
+// ckWorkerEnv is what every worker process reads from its environment: its
+// load and its clock, and where its history goes.
+type ckWorkerEnv struct {
+	index                      string
+	duration                   time.Duration
+	workers, keys, firstClient int
+	start                      int64 // the shared clock's zero, Unix nanoseconds
+	prefix, out                string
+}
+
+// readWorkerEnv reads a worker's environment, failing t on a missing or
+// malformed variable.
+func readWorkerEnv(t *testing.T) ckWorkerEnv {
+	t.Helper()
+	w := ckWorkerEnv{index: os.Getenv(ckEnvWorker)}
 	env := func(name string) string {
 		v := os.Getenv(name)
 		if v == "" {
-			t.Fatalf("worker %s: %s is not set", index, name)
+			t.Fatalf("worker %s: %s is not set", w.index, name)
 		}
 		return v
 	}
-	num := func(name string) int64 {
+	num := func(name string) int {
 		n, err := strconv.ParseInt(env(name), 10, 64)
 		if err != nil {
-			t.Fatalf("worker %s: %s: %v", index, name, err)
+			t.Fatalf("worker %s: %s: %v", w.index, name, err)
 		}
-		return n
+		return int(n)
 	}
-	duration, err := time.ParseDuration(env(ckEnvDuration))
-	if err != nil {
-		t.Fatalf("worker %s: %s: %v", index, ckEnvDuration, err)
+	var err error
+	if w.duration, err = time.ParseDuration(env(ckEnvDuration)); err != nil {
+		t.Fatalf("worker %s: %s: %v", w.index, ckEnvDuration, err)
 	}
-	workers, keys, start, firstClient := int(num(ckEnvWorkers)), int(num(ckEnvKeys)), num(ckEnvStart), int(num(ckEnvClient))
-	prefix, out := env(ckEnvPrefix), env(ckEnvOut)
+	w.workers, w.keys, w.start, w.firstClient = num(ckEnvWorkers), num(ckEnvKeys), int64(num(ckEnvStart)), num(ckEnvClient)
+	w.prefix, w.out = env(ckEnvPrefix), env(ckEnvOut)
+	return w
+}
 
-	pool := newCkPool(t, env(ckEnvDB), workers)
-	mc, err := cacheClient(workers*2, time.Second, env(ckEnvCache))
+// now is the worker's clock: nanoseconds since the shared start.
+func (w ckWorkerEnv) now() int64 { return time.Now().UnixNano() - w.start }
+
+// write writes the worker's history with out (whose Ops it sets) to its
+// output file.
+func (w ckWorkerEnv) write(t *testing.T, history []ckOp, out ckWorkerOut) {
+	t.Helper()
+	out.Ops = make([]ckWireOp, len(history))
+	for i, op := range history {
+		out.Ops[i] = wireOp(op)
+	}
+	b, err := json.Marshal(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, r := newCkStore(t, pool, mc, env(ckEnvNS))
-	now := func() int64 { return time.Now().UnixNano() - start }
-	ready := now()
+	if err := os.WriteFile(w.out, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
 
-	rctx, stop := context.WithDeadline(ctx, time.Unix(0, start).Add(duration))
+// TestConsistencyWorker is one store instance of TestConsistencyProcesses,
+// in a process of its own; it is skipped unless that test started it.
+func TestConsistencyWorker(t *testing.T) {
+	if os.Getenv(ckEnvWorker) == "" {
+		t.Skip("a worker process of TestConsistencyProcesses: runs only when started by it")
+	}
+	w := readWorkerEnv(t)
+	pool := newCkPool(t, os.Getenv(ckEnvDB), w.workers)
+	mc, err := cacheClient(w.workers*2, time.Second, os.Getenv(ckEnvCache))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, r := newCkStore(t, pool, mc, os.Getenv(ckEnvNS))
+	ready := w.now()
+
+	rctx, stop := context.WithDeadline(ctx, time.Unix(0, w.start).Add(w.duration))
 	defer stop()
-	if err := sleep(rctx, time.Until(time.Unix(0, start))); err != nil {
-		t.Fatalf("worker %s: ready %v after the start time, later than the load's end", index, time.Duration(ready))
+	if err := sleep(rctx, time.Until(time.Unix(0, w.start))); err != nil {
+		t.Fatalf("worker %s: ready %v after the start time, later than the load's end", w.index, time.Duration(ready))
 	}
 	repaired := make(chan struct{})
 	go func() { defer close(repaired); _ = r.Run(rctx) }()
-	history := runCkLoad(rctx, []subject{storeSubject{s}}, workers, keys, firstClient, prefix, now)
+	history := runCkLoad(rctx, []subject{storeSubject{s}}, w.workers, w.keys, w.firstClient, w.prefix, w.now)
 	<-repaired
-
-	res := ckWorkerOut{Ops: make([]ckWireOp, len(history)), CacheErrors: int64(s.Stats().CacheErrors), ReadyNanos: ready}
-	for i, op := range history {
-		res.Ops[i] = wireOp(op)
-	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(out, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	w.write(t, history, ckWorkerOut{CacheErrors: int64(s.Stats().CacheErrors), ReadyNanos: ready})
 }

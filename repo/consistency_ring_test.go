@@ -2,7 +2,6 @@ package repo_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -255,7 +254,11 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs i
 	}
 	history := runCkLoad(rctx, subjects, workers, keys, 0, "", now)
 	wg.Wait()
-	history = append(history, collectWorkers(t, workerProcs, &res)...)
+	fromWorkers, outs := collectWorkers(t, workerProcs)
+	history = append(history, fromWorkers...)
+	for _, out := range outs {
+		res.cacheErrors += int(out.CacheErrors)
+	}
 	if f := os.Getenv("CACHEDREPO_CK_DUMP"); f != "" {
 		var b strings.Builder
 		for _, op := range history {
@@ -388,69 +391,24 @@ func moveWorker(w *ckWorkerProc, state string, mi int, p memclient.Phase) error 
 	}
 }
 
-// collectWorkers waits for the worker processes to exit and returns their
-// histories, adding their cache errors to res.
-func collectWorkers(t *testing.T, procs []*ckWorkerProc, res *ckResult) []ckOp {
-	t.Helper()
-	var history []ckOp
-	for _, w := range procs {
-		select {
-		case <-w.done:
-		case <-time.After(2 * time.Minute):
-			w.kill()
-			t.Fatalf("worker process %d still ran 2 minutes after the load's end (killed)\n%s", w.index, w.report())
-		}
-		if w.err != nil {
-			t.Fatalf("worker process %d failed: %v\n%s", w.index, w.err, w.report())
-		}
-		b, err := os.ReadFile(w.out)
-		if err != nil {
-			t.Fatalf("worker process %d wrote no history: %v\n%s", w.index, err, w.report())
-		}
-		var out ckWorkerOut
-		if err := json.Unmarshal(b, &out); err != nil {
-			t.Fatalf("worker process %d: history: %v", w.index, err)
-		}
-		for _, op := range out.Ops {
-			history = append(history, op.op())
-		}
-		res.cacheErrors += int(out.CacheErrors)
-		t.Logf("worker process %d: %d operations", w.index, len(out.Ops))
-	}
-	return history
-}
-
 // TestConsistencyRingWorker is one instance of TestConsistencyRing in a
 // process of its own: its store over a migration it moves through the
 // phases its state file names; it is skipped unless that test started it.
 func TestConsistencyRingWorker(t *testing.T) {
-	index := os.Getenv(ckEnvWorker)
-	if index == "" || os.Getenv(ckEnvLists) == "" {
+	if os.Getenv(ckEnvWorker) == "" || os.Getenv(ckEnvLists) == "" {
 		t.Skip("a worker process of TestConsistencyRing: runs only when started by it")
 	}
-	num := func(name string) int64 {
-		n, err := strconv.ParseInt(os.Getenv(name), 10, 64)
-		if err != nil {
-			t.Fatalf("worker %s: %s: %v", index, name, err)
-		}
-		return n
-	}
-	duration, err := time.ParseDuration(os.Getenv(ckEnvDuration))
-	if err != nil {
-		t.Fatal(err)
-	}
-	workers, keys, start, firstClient := int(num(ckEnvWorkers)), int(num(ckEnvKeys)), num(ckEnvStart), int(num(ckEnvClient))
+	w := readWorkerEnv(t)
 	var lists [][]string
 	for _, l := range strings.Split(os.Getenv(ckEnvLists), ";") {
 		lists = append(lists, strings.Split(l, ","))
 	}
-	r, err := newRolling(lists, workers)
+	r, err := newRolling(lists, w.workers)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, rep := newCkStore(t, newCkPool(t, os.Getenv(ckEnvDB), workers), r, os.Getenv(ckEnvNS))
-	now := func() int64 { return time.Now().UnixNano() - start }
-	rctx, stop := context.WithDeadline(ctx, time.Unix(0, start).Add(duration))
+	s, rep := newCkStore(t, newCkPool(t, os.Getenv(ckEnvDB), w.workers), r, os.Getenv(ckEnvNS))
+	rctx, stop := context.WithDeadline(ctx, time.Unix(0, w.start).Add(w.duration))
 	defer stop()
 	state := os.Getenv(ckEnvState)
 	var wg sync.WaitGroup
@@ -464,36 +422,26 @@ func TestConsistencyRingWorker(t *testing.T) {
 			if err == nil && string(b) != applied {
 				var mi, p int
 				if _, err := fmt.Sscanf(string(b), "%d %d", &mi, &p); err != nil {
-					t.Errorf("worker %s: state %q: %v", index, b, err)
+					t.Errorf("worker %s: state %q: %v", w.index, b, err)
 					return
 				}
 				if err := r.move(mi, memclient.Phase(p)); err != nil {
-					t.Errorf("worker %s: %v", index, err)
+					t.Errorf("worker %s: %v", w.index, err)
 					return
 				}
 				applied = string(b)
 				if err := os.WriteFile(state+".ack", b, 0o644); err != nil {
-					t.Errorf("worker %s: %v", index, err)
+					t.Errorf("worker %s: %v", w.index, err)
 					return
 				}
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
 	}()
-	if err := sleep(rctx, time.Until(time.Unix(0, start))); err != nil {
-		t.Fatalf("worker %s: ready after the load's end", index)
+	if err := sleep(rctx, time.Until(time.Unix(0, w.start))); err != nil {
+		t.Fatalf("worker %s: ready after the load's end", w.index)
 	}
-	history := runCkLoad(rctx, []subject{storeSubject{s}}, workers, keys, firstClient, os.Getenv(ckEnvPrefix), now)
+	history := runCkLoad(rctx, []subject{storeSubject{s}}, w.workers, w.keys, w.firstClient, w.prefix, w.now)
 	wg.Wait()
-	out := ckWorkerOut{Ops: make([]ckWireOp, len(history)), CacheErrors: int64(s.Stats().CacheErrors)}
-	for i, op := range history {
-		out.Ops[i] = wireOp(op)
-	}
-	b, err := json.Marshal(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(os.Getenv(ckEnvOut), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	w.write(t, history, ckWorkerOut{CacheErrors: int64(s.Stats().CacheErrors)})
 }

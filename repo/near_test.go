@@ -2,7 +2,6 @@ package repo_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -266,27 +265,9 @@ func nearRun(t *testing.T, notify bool, maxAge time.Duration, d time.Duration) (
 	}
 	history := runCkLoad(rctx, []subject{storeSubject{s}}, workers, keys, 0, "p0-", func() int64 { return time.Now().UnixNano() - start.UnixNano() })
 	nearHits = n.Hits()
-	for _, w := range ws {
-		select {
-		case <-w.done:
-		case <-time.After(2 * time.Minute):
-			w.kill()
-			t.Fatalf("near worker %d still ran 2 minutes after the load's end\n%s", w.index, w.report())
-		}
-		if w.err != nil {
-			t.Fatalf("near worker %d failed: %v\n%s", w.index, w.err, w.report())
-		}
-		b, err := os.ReadFile(w.out)
-		if err != nil {
-			t.Fatalf("near worker %d wrote no history: %v\n%s", w.index, err, w.report())
-		}
-		var out ckWorkerOut
-		if err := json.Unmarshal(b, &out); err != nil {
-			t.Fatal(err)
-		}
-		for _, op := range out.Ops {
-			history = append(history, op.op())
-		}
+	fromWorkers, outs := collectWorkers(t, ws)
+	history = append(history, fromWorkers...)
+	for _, out := range outs {
 		nearHits += out.NearHits
 	}
 	byKey := map[int64][]ckOp{}
@@ -305,23 +286,14 @@ func nearRun(t *testing.T, notify bool, maxAge time.Duration, d time.Duration) (
 // TestNearWorker is a reading instance of TestNearCacheStaleness in an OS
 // process of its own; it is skipped unless that test started it.
 func TestNearWorker(t *testing.T) {
-	index := os.Getenv(ckEnvWorker)
-	if index == "" || os.Getenv(ckEnvNearChannel) == "" {
+	if os.Getenv(ckEnvWorker) == "" || os.Getenv(ckEnvNearChannel) == "" {
 		t.Skip("a worker process of TestNearCacheStaleness: runs only when started by it")
 	}
-	num := func(name string) int64 {
-		n, err := strconv.ParseInt(os.Getenv(name), 10, 64)
-		if err != nil {
-			t.Fatalf("near worker %s: %s: %v", index, name, err)
-		}
-		return n
+	w := readWorkerEnv(t)
+	maxAge, err := time.ParseDuration(os.Getenv(ckEnvNearMaxAge))
+	if err != nil {
+		t.Fatal(err)
 	}
-	d, err1 := time.ParseDuration(os.Getenv(ckEnvDuration))
-	maxAge, err2 := time.ParseDuration(os.Getenv(ckEnvNearMaxAge))
-	if err1 != nil || err2 != nil {
-		t.Fatal(err1, err2)
-	}
-	workers, keys, start, first := int(num(ckEnvWorkers)), int(num(ckEnvKeys)), num(ckEnvStart), int(num(ckEnvClient))
 	dbURL := os.Getenv(ckEnvDB)
 	n, err := repo.NewNearCache(repo.NearConfig{MaxAge: maxAge, Channel: os.Getenv(ckEnvNearChannel),
 		ReconnectDelay: 50 * time.Millisecond,
@@ -329,38 +301,27 @@ func TestNearWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rctx, stop := context.WithDeadline(ctx, time.Unix(0, start).Add(d))
+	rctx, stop := context.WithDeadline(ctx, time.Unix(0, w.start).Add(w.duration))
 	defer stop()
 	done := make(chan struct{})
 	go func() { defer close(done); _ = n.Run(rctx) }()
-	mc, err := cacheClient(workers*2, time.Second, os.Getenv(ckEnvCache))
+	mc, err := cacheClient(w.workers*2, time.Second, os.Getenv(ckEnvCache))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := repo.New(newCkPool(t, dbURL, workers), mc, productTable, &repo.Options{Namespace: os.Getenv(ckEnvNS), Near: n})
+	s, err := repo.New(newCkPool(t, dbURL, w.workers), mc, productTable, &repo.Options{Namespace: os.Getenv(ckEnvNS), Near: n})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for !n.Listening() && rctx.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
-	if err := sleep(rctx, time.Until(time.Unix(0, start))); err != nil {
-		t.Fatalf("near worker %s: ready after the load's end", index)
+	if err := sleep(rctx, time.Until(time.Unix(0, w.start))); err != nil {
+		t.Fatalf("near worker %s: ready after the load's end", w.index)
 	}
-	history := runCkLoad(rctx, []subject{paced{readOnly{storeSubject{s}}}}, workers, keys, first, os.Getenv(ckEnvPrefix),
-		func() int64 { return time.Now().UnixNano() - start })
+	history := runCkLoad(rctx, []subject{paced{readOnly{storeSubject{s}}}}, w.workers, w.keys, w.firstClient, w.prefix, w.now)
 	<-done
-	out := ckWorkerOut{Ops: make([]ckWireOp, len(history)), NearHits: n.Hits()}
-	for i, op := range history {
-		out.Ops[i] = wireOp(op)
-	}
-	b, err := json.Marshal(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(os.Getenv(ckEnvOut), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	w.write(t, history, ckWorkerOut{NearHits: n.Hits()})
 }
 
 // TestNearCacheStaleness: the checker's load with a near-cache in each of 4
