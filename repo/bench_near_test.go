@@ -20,7 +20,7 @@ import (
 // 1,000 rows and goroutines as BenchmarkGetHit.
 func BenchmarkGetHitNear(b *testing.B) {
 	const rows = 1000
-	e, _ := benchEnv(b, rows)
+	e, _, cd, rawKeys := hitRows(b, rows) // rows cached in memcached
 	n, err := repo.NewNearCache(repo.NearConfig{Size: 2 * rows, MaxAge: time.Hour, Channel: "near_" + e.NS,
 		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, e.URL) }})
 	if err != nil {
@@ -35,39 +35,12 @@ func BenchmarkGetHitNear(b *testing.B) {
 	o := e.Opts(nil)
 	o.Near = n
 	s := e.products(b, o)
-	cd, err := codec.For[Product]()
-	if err != nil {
-		b.Fatal(err)
-	}
-	rawKeys := make([]string, rows+1)
 	for id := int64(1); id <= rows; id++ {
-		p, err := s.Get(ctx, id) // fills memcached and the near-cache
-		if err != nil {
-			b.Fatal(err)
-		}
-		rawKeys[id] = fmt.Sprintf("%s:raw:%d", e.NS, id)
-		if err := e.MC.Set(&memcache.Item{Key: rawKeys[id], Value: cd.Append(nil, &p)}); err != nil {
+		if _, err := s.Get(ctx, id); err != nil { // fills the near-cache from memcached
 			b.Fatal(err)
 		}
 	}
-	b.Run("raw", func(b *testing.B) {
-		b.ReportAllocs()
-		var c atomic.Int64
-		b.SetParallelism(benchGoroutinesPerCPU)
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				id := c.Add(1)%rows + 1
-				it, err := e.MC.Get(rawKeys[id])
-				if err != nil {
-					b.Fatal(err)
-				}
-				var p Product
-				if err := cd.Decode(it.Value, &p); err != nil || p.ID != id {
-					b.Fatal(err)
-				}
-			}
-		})
-	})
+	b.Run("raw", func(b *testing.B) { rawGetHit(b, e, cd, rawKeys) })
 	b.Run("store", func(b *testing.B) {
 		b.ReportAllocs()
 		before, hits := s.Stats(), n.Hits()
