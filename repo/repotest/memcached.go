@@ -221,17 +221,13 @@ func (p *MemcachedProcess) launchLocked(deadline time.Time) error {
 	// own -u: a later setuid by memcached would clear the parent-death
 	// signal that kills it with the test binary.
 	cmd.SysProcAttr = sysProcAttr(p.as)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("repotest: starting %s: %w", p.bin, err)
+	exited, err := startCmd(cmd)
+	if err != nil {
+		return err
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	p.cmd, p.exited = cmd, exited
 
-	err := memcachedReady(p.Addr(), time.Until(deadline), exited)
+	err = memcachedReady(p.Addr(), time.Until(deadline), exited)
 	if err == nil {
 		return nil
 	}

@@ -130,14 +130,10 @@ func (p *NutcrackerProcess) launch(servers []string) error {
 	cmd := exec.Command(p.bin, args...)
 	cmd.Dir = "/"
 	cmd.SysProcAttr = sysProcAttr(nil)
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("repotest: starting %s: %w", p.bin, err)
+	exited, err := startCmd(cmd)
+	if err != nil {
+		return err
 	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	p.cmd, p.exited = cmd, exited
 
 	// nutcracker forwards "version" to a server of its pool.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -64,6 +65,20 @@ func sysProcAttr(as *runAs) *syscall.SysProcAttr {
 		attr.Credential = &syscall.Credential{Uid: as.uid, Gid: as.gid, Groups: []uint32{}}
 	}
 	return attr
+}
+
+// startCmd starts cmd and returns a channel closed once it has exited and
+// been waited for.
+func startCmd(cmd *exec.Cmd) (exited chan struct{}, err error) {
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("repotest: starting %s: %w", cmd.Path, err)
+	}
+	exited = make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	return exited, nil
 }
 
 // killGroup sends sig to the process group led by pid, ignoring a group
