@@ -213,20 +213,10 @@ func (n *NearCache) put(key string, tok nearToken, e nearEntry) {
 	}
 }
 
-// written removes key at once (this process reads its own write) and tells
-// the other processes, best effort: a NOTIFY lost is bounded by MaxAge.
-func (n *NearCache) written(ctx context.Context, key string) {
-	n.Invalidate(key)
-	if n.cfg.DB == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_, _ = n.cfg.DB.Exec(ctx, "SELECT pg_notify($1, $2)", n.cfg.Channel, key)
-}
-
-// writtenMany is written for many keys, with one NOTIFY statement.
-func (n *NearCache) writtenMany(ctx context.Context, keys []string) {
+// written removes keys at once (this process reads its own writes) and
+// tells the other processes with one NOTIFY statement, best effort: a
+// NOTIFY lost is bounded by MaxAge.
+func (n *NearCache) written(ctx context.Context, keys ...string) {
 	for _, k := range keys {
 		n.Invalidate(k)
 	}

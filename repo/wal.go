@@ -60,7 +60,7 @@ func (s *Store[T, K]) WALApply(ctx context.Context, changes []invalidation.Chang
 		return &OpError{Op: "wal", Table: s.t.name, Err: err}
 	}
 	if s.near != nil { // the near-caches of this process and, by NOTIFY, of the others
-		s.near.writtenMany(ctx, keys)
+		s.near.written(ctx, keys...)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/cachedrepo/cachedrepo/repo/memclient"
+	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // migrating is the optional interface of a Cache that moves between two
@@ -41,18 +42,18 @@ func (c *Core) Fallback(key string) *memclient.Client {
 	return nil
 }
 
-// FillFrom fills the lease l with the entry it, read from the fallback ring
-// (raw bytes: the envelope is copied as it is), and reports whether it
-// landed. A fill that lost (a writer deleted the lease) leaves the key to
-// the writer.
-func (c *Core) FillFrom(ctx context.Context, l *memclient.Lease, it *memcache.Item, exp int32) bool {
-	ok := false
+// FillFrom fills the lease l with the bytes of it as they are: an entry
+// copied from the fallback ring, or a row read again for an early refresh.
+// A fill that lost (a writer replaced or deleted the lease) leaves the key to
+// that writer; a failed one is reported.
+func (c *Core) FillFrom(ctx context.Context, l *memclient.Lease, it *memcache.Item, exp int32) {
 	began := time.Now()
-	if err := l.Fill(it.Value, it.Flags, exp); err == nil {
+	err := l.Fill(it.Value, it.Flags, exp)
+	c.record(l.Key(), err)
+	switch {
+	case err == nil:
 		c.filled(ctx, l.Key(), began)
-		ok = true
-	} else if !IsLost(err) {
-		c.breakerOf(l.Key()).record(err)
+	case !IsLost(err):
+		c.CacheErr(ctx, observe.StepFill, l.Key(), err)
 	}
-	return ok
 }
