@@ -51,15 +51,11 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 	var fill []pending
 	for _, k := range keys {
 		key := s.Key(k)
-		if e, ok := s.near.get(key); ok {
-			if !e.found {
-				continue
-			}
-			var v T
-			if b, ok := e.v.([]byte); ok && s.codec.Decode(b, &v) == nil {
+		if v, found, hit := s.nearHit(key); hit {
+			if found {
 				out[k] = v
-				continue
 			}
+			continue
 		}
 		tok, at := s.near.begin(key)
 		rest, fill = append(rest, k), append(fill, pending{k, key, tok, at})
@@ -74,9 +70,9 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 	for _, f := range fill {
 		if v, ok := got[f.k]; ok {
 			out[f.k] = v
-			s.near.put(f.key, f.tok, nearEntry{v: s.codec.Append(nil, &v), found: true, at: f.at})
+			s.nearKeep(f.key, f.tok, f.at, &v)
 		} else {
-			s.near.put(f.key, f.tok, nearEntry{at: f.at})
+			s.nearKeep(f.key, f.tok, f.at, nil)
 		}
 	}
 	return out, nil

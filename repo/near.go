@@ -91,9 +91,9 @@ func (n *NearCache) stripe(key string) *atomic.Uint64 {
 
 // nearEntry is what a near-cache holds for a key.
 type nearEntry struct {
-	v     any // the row (a T), or nil for "not found"
-	found bool
-	at    int64 // when it was read from memcached, unix nanos
+	b     []byte // the row, encoded by its store's codec (decoded afresh for each hit)
+	found bool   // false: "not found"
+	at    int64  // when it was read from memcached, unix nanos
 }
 
 // NewNearCache returns a near-cache for cfg; call Run to start it.

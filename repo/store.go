@@ -218,23 +218,46 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 // decoded afresh (callers never share a row), a miss reads memcached and
 // keeps what it answered unless an invalidation overlapped the read.
 func (s *Store[T, K]) getNear(ctx context.Context, k K, key string) (v T, err error) {
-	if e, ok := s.near.get(key); ok {
-		if !e.found {
+	if v, found, hit := s.nearHit(key); hit {
+		if !found {
 			return v, s.opErr(observe.OpGet, k, ErrNotFound)
 		}
-		if b, ok := e.v.([]byte); ok && s.codec.Decode(b, &v) == nil {
-			return v, nil
-		}
+		return v, nil
 	}
 	tok, at := s.near.begin(key)
 	v, err = s.getCache(ctx, k, key)
 	switch {
 	case err == nil:
-		s.near.put(key, tok, nearEntry{v: s.codec.Append(nil, &v), found: true, at: at})
+		s.nearKeep(key, tok, at, &v)
 	case errors.Is(err, ErrNotFound):
-		s.near.put(key, tok, nearEntry{at: at})
+		s.nearKeep(key, tok, at, nil)
 	}
 	return v, err
+}
+
+// nearHit looks key up in the near-cache: hit reports an entry to answer
+// with, found that it is a row (v, decoded afresh).
+func (s *Store[T, K]) nearHit(key string) (v T, found, hit bool) {
+	e, ok := s.near.get(key)
+	switch {
+	case !ok:
+		return v, false, false
+	case !e.found:
+		return v, false, true
+	case s.codec.Decode(e.b, &v) != nil:
+		return v, false, false
+	}
+	return v, true, true
+}
+
+// nearKeep keeps in the near-cache what a read of key that began at (with
+// tok) found: the row v, or nil for "not found".
+func (s *Store[T, K]) nearKeep(key string, tok nearToken, at int64, v *T) {
+	e := nearEntry{at: at}
+	if v != nil {
+		e.b, e.found = s.codec.Append(nil, v), true
+	}
+	s.near.put(key, tok, e)
 }
 
 // getCache is get through memcached.
