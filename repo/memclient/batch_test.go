@@ -337,6 +337,14 @@ func TestCoalesceNotWithSentRequests(t *testing.T) {
 		})
 		waitFor(t, p, "a busy lane", func() bool { return busyLanes(p) == i+1 })
 	}
+	// A busy lane has not necessarily reached the server yet: wait until
+	// memcached has answered every read in flight (the proxy holds the
+	// answers), so the write below comes after them.
+	for deadline := time.Now().Add(5 * time.Second); cmdGets(t, mp.Addr()) < maxLanes; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the reads in flight never reached the server")
+		}
+	}
 	if err := direct.Set(&memcache.Item{Key: "k", Value: []byte("new")}); err != nil {
 		t.Fatal(err)
 	}
