@@ -49,7 +49,7 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 	out := make(map[K]T, len(keys))
 	var rest []K
 	var fill []pending
-	for _, k := range keys {
+	for i, k := range keys {
 		key := s.Key(k)
 		if v, found, hit := s.nearHit(key); hit {
 			if found {
@@ -57,19 +57,22 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 			}
 			continue
 		}
+		if fill == nil {
+			rest, fill = make([]K, 0, len(keys)-i), make([]pending, 0, len(keys)-i)
+		}
 		tok, at := s.near.begin(key)
 		rest, fill = append(rest, k), append(fill, pending{k, key, tok, at})
 	}
 	if len(rest) == 0 {
 		return out, nil
 	}
-	got, err := s.getMany(ctx, rest)
-	if err != nil {
+	// The keys read from memcached are not in out yet, so what getManyInto
+	// adds (or removes) is theirs.
+	if err := s.getManyInto(ctx, rest, out); err != nil {
 		return nil, err
 	}
 	for _, f := range fill {
-		if v, ok := got[f.k]; ok {
-			out[f.k] = v
+		if v, ok := out[f.k]; ok {
 			s.nearKeep(f.key, f.tok, f.at, &v)
 		} else {
 			s.nearKeep(f.key, f.tok, f.at, nil)
@@ -81,11 +84,19 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 // getMany is GetMany without the hooks.
 func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 	out := make(map[K]T, len(keys))
+	if err := s.getManyInto(ctx, keys, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// getManyInto is getMany adding the rows to out, which holds none of keys.
+func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, out map[K]T) error {
 	if len(keys) == 0 {
-		return out, nil
+		return nil
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, s.manyErr(err)
+		return s.manyErr(err)
 	}
 	// Duplicates are harmless on the hit path (GetMulti answers a key once);
 	// they are dropped from the misses below, before leases and SQL.
@@ -147,7 +158,7 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 		}
 	}
 	if len(missing) == 0 {
-		return out, nil
+		return nil
 	}
 	if len(missing) > 1 {
 		seen := make(map[K]struct{}, len(missing))
@@ -174,7 +185,7 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 		}
 		if err := ctx.Err(); err != nil {
 			s.releaseLeases(ckeys, tokens)
-			return nil, s.manyErr(err)
+			return s.manyErr(err)
 		}
 		switch tok, err := s.c.AddLease(ckeys[i]); {
 		case err == nil && tok != 0:
@@ -194,7 +205,7 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 	rows, err := s.selectMany(ctx, mk)
 	if err != nil {
 		s.releaseLeases(ckeys, tokens)
-		return nil, s.manyErr(err)
+		return s.manyErr(err)
 	}
 	for i := range rows {
 		out[s.t.keyOf(&rows[i])] = rows[i]
@@ -205,7 +216,7 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 				_ = s.c.Cache.Delete(ckeys[i])
 			}
 		}
-		return out, nil
+		return nil
 	}
 
 	// Settle every key read from the database (see protocol.Core.Settle): fill our
@@ -217,7 +228,7 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 	cur, err := s.c.GetMulti(mkeys)
 	if err != nil {
 		s.c.CacheErr(ctx, observe.StepFill, mkeys[0], err)
-		return out, nil
+		return nil
 	}
 	for _, i := range missing {
 		key, tok := ckeys[i], tokens[i]
@@ -253,11 +264,11 @@ func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 			case errors.Is(err, ErrNotFound):
 				delete(out, uniq[i])
 			default:
-				return nil, err
+				return err
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 func (s *Store[T, K]) manyErr(err error) error {

@@ -91,7 +91,8 @@ func (n *NearCache) stripe(key string) *atomic.Uint64 {
 
 // nearEntry is what a near-cache holds for a key.
 type nearEntry struct {
-	b     []byte // the row, encoded by its store's codec (decoded afresh for each hit)
+	v     any    // the row, of a type without references (see flat), or nil
+	b     []byte // else the row, encoded by its store's codec (decoded afresh for each hit)
 	found bool   // false: "not found"
 	at    int64  // when it was read from memcached, unix nanos
 }

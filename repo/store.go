@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,7 @@ type Store[T any, K comparable] struct {
 
 	writeTimeout time.Duration // Options.WriteTimeout
 	near         *NearCache    // Options.Near, or nil
+	nearFlat     bool          // T holds no references: the near-cache keeps rows, not their bytes
 
 	anyOnce  sync.Mutex // guards keyTypes
 	keyTypes atomic.Pointer[[]string]
@@ -87,6 +89,7 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	s.writeTimeout = opts.writeTimeout()
 	if opts != nil {
 		s.near = opts.Near
+		s.nearFlat = flat(reflect.TypeFor[T]())
 	}
 	return s, nil
 }
@@ -236,7 +239,7 @@ func (s *Store[T, K]) getNear(ctx context.Context, k K, key string) (v T, err er
 }
 
 // nearHit looks key up in the near-cache: hit reports an entry to answer
-// with, found that it is a row (v, decoded afresh).
+// with, found that it is a row (v, a copy of the row or decoded afresh).
 func (s *Store[T, K]) nearHit(key string) (v T, found, hit bool) {
 	e, ok := s.near.get(key)
 	switch {
@@ -244,6 +247,9 @@ func (s *Store[T, K]) nearHit(key string) (v T, found, hit bool) {
 		return v, false, false
 	case !e.found:
 		return v, false, true
+	case e.v != nil:
+		v, ok = e.v.(T) // another T under the same key (not ours) is a miss
+		return v, ok, ok
 	case s.codec.Decode(e.b, &v) != nil:
 		return v, false, false
 	}
@@ -251,13 +257,44 @@ func (s *Store[T, K]) nearHit(key string) (v T, found, hit bool) {
 }
 
 // nearKeep keeps in the near-cache what a read of key that began at (with
-// tok) found: the row v, or nil for "not found".
+// tok) found: the row v, or nil for "not found". A row without references
+// is kept as it is (a copy of it is a deep copy); any other is kept
+// encoded, so that no caller can change what the next one reads.
 func (s *Store[T, K]) nearKeep(key string, tok nearToken, at int64, v *T) {
 	e := nearEntry{at: at}
-	if v != nil {
+	switch {
+	case v != nil && s.nearFlat:
+		e.v, e.found = *v, true
+	case v != nil:
 		e.b, e.found = s.codec.Append(nil, v), true
 	}
 	s.near.put(key, tok, e)
+}
+
+// flat reports whether values of t hold no references to memory a copy
+// would share (slices, maps, pointers, interfaces, channels, functions): a
+// copy of such a value is a deep copy. time.Time counts as flat, since its
+// only pointer is to an immutable *time.Location.
+func flat(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128, reflect.String:
+		return true
+	case reflect.Array:
+		return flat(t.Elem())
+	case reflect.Struct:
+		if t == reflect.TypeFor[time.Time]() {
+			return true
+		}
+		for i := range t.NumField() {
+			if !flat(t.Field(i).Type) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }
 
 // getCache is get through memcached.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -287,6 +288,7 @@ func (c *compiled[T, K]) compileKey(rt reflect.Type) error {
 		}
 	}
 	if c.keyArgs == nil {
+		c.keyPart = structKeyPart[K](kt)
 		c.keyArgs = func(k K) []any {
 			rv := reflect.ValueOf(&k).Elem()
 			out := make([]any, rv.NumField())
@@ -342,6 +344,49 @@ func singleKeyPart[K comparable](kt reflect.Type) func(cachekeys.Builder, K) str
 		return func(b cachekeys.Builder, k K) string { return b.Key(*(*string)(unsafe.Pointer(&k))) }
 	}
 	return nil
+}
+
+// structKeyPart returns the fast key of a composite key K whose fields are
+// all strings, ints, int32s or int64s (of any named type, as singleKeyPart):
+// the key that the parts of cachekeys.Part would make, without boxing the
+// fields. Else nil.
+func structKeyPart[K comparable](kt reflect.Type) func(cachekeys.Builder, K) string {
+	type field struct {
+		off  uintptr
+		kind reflect.Kind
+	}
+	const most = 8
+	if kt.NumField() > most {
+		return nil
+	}
+	fs := make([]field, kt.NumField())
+	for i := range fs {
+		f := kt.Field(i)
+		switch f.Type.Kind() {
+		case reflect.String, reflect.Int, reflect.Int32, reflect.Int64:
+		default:
+			return nil
+		}
+		fs[i] = field{f.Offset, f.Type.Kind()}
+	}
+	return func(b cachekeys.Builder, k K) string {
+		var parts [most]string
+		p := unsafe.Pointer(&k)
+		for i, f := range fs {
+			at := unsafe.Add(p, f.off)
+			switch f.kind {
+			case reflect.String:
+				parts[i] = *(*string)(at)
+			case reflect.Int:
+				parts[i] = strconv.FormatInt(int64(*(*int)(at)), 10)
+			case reflect.Int32:
+				parts[i] = strconv.FormatInt(int64(*(*int32)(at)), 10)
+			case reflect.Int64:
+				parts[i] = strconv.FormatInt(*(*int64)(at), 10)
+			}
+		}
+		return b.Key(parts[:len(fs)]...)
+	}
 }
 
 // quoteIdents quotes each of names with quoteIdent.

@@ -114,8 +114,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runWarm(ctx, getenv, log, *batch, *workers, *raw, *out, stdout)
 	case "serve":
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the service to this file until it stops")
+		memProfile := fs.String("memprofile", "", "write a heap profile (allocations since start) to this file when the service stops")
 		if err := fs.Parse(args); err != nil {
 			return err
+		}
+		if *memProfile != "" {
+			defer func() {
+				if f, err := os.Create(*memProfile); err == nil {
+					_ = pprof.Lookup("allocs").WriteTo(f, 0)
+					f.Close()
+				}
+			}()
 		}
 		cfg, err := loadConfig(getenv)
 		if err != nil {

@@ -34,13 +34,16 @@ func (q *queryCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pg
 // TraceQueryEnd does nothing.
 func (q *queryCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
-// isRead reports whether sql is a plain read.
+// isRead reports whether sql is a plain read: a SELECT, but not one that
+// locks rows (FOR UPDATE) or sends the near-cache's invalidations
+// (pg_notify), which are parts of writes.
 func isRead(sql string) bool {
 	s := strings.TrimSpace(sql)
 	if len(s) < 6 || !strings.EqualFold(s[:6], "select") {
 		return false
 	}
-	return !strings.Contains(strings.ToUpper(s), "FOR UPDATE")
+	u := strings.ToUpper(s)
+	return !strings.Contains(u, "FOR UPDATE") && !strings.Contains(u, "PG_NOTIFY(")
 }
 
 // Metric names shared by the service (/metrics) and the load generator,

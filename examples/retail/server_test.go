@@ -358,3 +358,20 @@ func TestNearCacheInService(t *testing.T) {
 		t.Fatalf("/metrics lacks %s 2", metricNearHits)
 	}
 }
+
+// The read-query count leaves out the statements of writes: row locks and
+// the near-cache's NOTIFY.
+func TestIsRead(t *testing.T) {
+	for sql, want := range map[string]bool{
+		`SELECT "id" FROM "products" WHERE "id" = $1`: true,
+		"  select 1": true,
+		`SELECT "quantity" FROM "stock" WHERE "article_number" = $1 FOR UPDATE`: false,
+		"SELECT pg_notify($1, k) FROM unnest($2::text[]) k":                     false,
+		`UPDATE "stock" SET "quantity" = $1`:                                    false,
+		"begin":                                                                 false,
+	} {
+		if got := isRead(sql); got != want {
+			t.Errorf("isRead(%q) = %v, want %v", sql, got, want)
+		}
+	}
+}
