@@ -197,9 +197,13 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 		removeSQL:  "DELETE FROM " + t + " WHERE board = $1 AND player = $2 RETURNING version",
 		versionSQL: "SELECT version FROM " + t + " WHERE board = $1 AND player = $2",
 		topSQL:     "SELECT player, score, version FROM " + t + " WHERE board = $1 ORDER BY score DESC, player LIMIT $2",
-		rankSQL: "SELECT s.score, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND" +
-			" (o.score > s.score OR (o.score = s.score AND o.player < s.player))) FROM " + t + " s" +
-			" WHERE s.board = $1 AND s.player = $2",
+		// The players ahead are counted as two ranges of the (board,
+		// score DESC, player) index, which Postgres can read with an
+		// index-only scan; one condition with an OR could only be a
+		// filter over every row of the board.
+		rankSQL: "SELECT s.score, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score > s.score)" +
+			" + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score = s.score AND o.player < s.player)" +
+			" FROM " + t + " s WHERE s.board = $1 AND s.player = $2",
 	}
 	return lb, nil
 }
