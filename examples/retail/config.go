@@ -24,7 +24,7 @@ const (
 	envCacheTTL         = "CACHE_TTL"          // Go duration; default 1h
 	envDBMaxConns       = "DB_MAX_CONNS"       // pgx pool size; default 32
 	envMigrateOnStart   = "MIGRATE_ON_START"   // true: serve applies migrations first; default false
-	envNearMaxAge       = "NEAR_CACHE_MAX_AGE" // near-cache of the catalogue: entries' max age, Go duration, 0 = none; default 1s
+	envNearMaxAge       = "NEAR_CACHE_MAX_AGE" // near-cache of the catalogue: entries' max age, Go duration, 0 = none; default 5s
 )
 
 // configEnv lists every variable config reads, with whether the service needs
@@ -76,7 +76,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		Namespace:      "retail",
 		CacheTTL:       time.Hour,
 		DBMaxConns:     32,
-		NearMaxAge:     time.Second,
+		NearMaxAge:     5 * time.Second,
 	}
 	var errs []string
 	if c.DatabaseURL == "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -32,14 +33,31 @@ func newConn(addr string) *conn { return &conn{addr: addr, host: addr} }
 // which the connection is redialled on the next call). The body is read and
 // discarded.
 func (c *conn) do(ctx context.Context, method, path string, body []byte) int {
+	status, _ := c.roundTrip(ctx, method, path, body, nil)
+	return status
+}
+
+// get is do for a GET whose response body is wanted: it is appended to buf.
+func (c *conn) get(ctx context.Context, path string, buf []byte) (int, []byte) {
+	return c.roundTrip(ctx, http.MethodGet, path, nil, buf)
+}
+
+// post is do for a POST whose response body is appended to buf.
+func (c *conn) post(ctx context.Context, path string, body, buf []byte) (int, []byte) {
+	return c.roundTrip(ctx, http.MethodPost, path, body, buf)
+}
+
+// roundTrip sends one request and returns its status and, if buf is not
+// nil, the response body appended to buf.
+func (c *conn) roundTrip(ctx context.Context, method, path string, body, buf []byte) (int, []byte) {
 	if err := ctx.Err(); err != nil {
-		return 0
+		return 0, buf
 	}
 	if c.c == nil {
 		d := net.Dialer{Timeout: 5 * time.Second}
 		nc, err := d.DialContext(ctx, "tcp", c.addr)
 		if err != nil {
-			return 0
+			return 0, buf
 		}
 		c.c, c.r, c.w = nc, bufio.NewReaderSize(nc, 32<<10), bufio.NewWriterSize(nc, 4<<10)
 	}
@@ -60,19 +78,28 @@ func (c *conn) do(ctx context.Context, method, path string, body []byte) int {
 	w.Write(body)
 	if err := w.Flush(); err != nil {
 		c.close()
-		return 0
+		return 0, buf
 	}
 	resp, err := http.ReadResponse(c.r, nil)
 	if err != nil {
 		c.close()
-		return 0
+		return 0, buf
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	if buf != nil {
+		w := bytes.NewBuffer(buf)
+		_, err = io.Copy(w, resp.Body)
+		buf = w.Bytes()
+	} else {
+		_, err = io.Copy(io.Discard, resp.Body)
+	}
 	resp.Body.Close()
 	if err != nil || resp.Close {
 		c.close()
 	}
-	return resp.StatusCode
+	if err != nil {
+		return 0, buf
+	}
+	return resp.StatusCode, buf
 }
 
 func (c *conn) close() {

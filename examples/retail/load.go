@@ -191,6 +191,7 @@ type runResult struct {
 	CASConflicts       float64            `json:"cas_conflicts"`
 	CacheErrors        float64            `json:"cache_errors"`
 	Ops                map[string]opStats `json:"ops"`
+	Staleness          *stalenessResult   `json:"near_cache_staleness,omitempty"` // cache on, near-cache on
 }
 
 type opStats struct {
@@ -561,23 +562,61 @@ func dialAddr(listen string) string {
 	return net.JoinHostPort(host, port)
 }
 
-// loadService starts this binary's serve with CACHE=cache on a free port,
-// waits for it to be healthy, runs the load, and stops it with SIGTERM
-// (its graceful shutdown).
 // The environment of `retail load` that pins the service it starts.
 const (
 	envServiceCPUs  = "RETAIL_SERVICE_CPUS"  // taskset's CPU list for the service, e.g. 0-1; default: not pinned
 	envServiceProcs = "RETAIL_SERVICE_PROCS" // with it: the service's GOMAXPROCS
 )
 
+// loadService starts this binary's serve with CACHE=cache on a free port,
+// waits for it to be healthy, runs the load, and stops it with SIGTERM
+// (its graceful shutdown). With the cache and its near-cache on, a second
+// instance serves the staleness probe (see probeStaleness) meanwhile.
 func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, o loadOptions, ks *keyspace, cache string, stderr io.Writer) (runResult, error) {
-	exe, err := os.Executable()
+	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return runResult{}, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	base, stop, err := startService(ctx, getenv, cache, stderr)
 	if err != nil {
 		return runResult{}, err
+	}
+	log.Info("load: service up", "cache", cache, "addr", base)
+	var probe *stalenessResult
+	var probing sync.WaitGroup
+	probeCtx, endProbe := context.WithCancel(ctx)
+	defer endProbe()
+	if cache == "on" && cfg.NearMaxAge > 0 {
+		other, stopOther, err := startService(ctx, getenv, cache, stderr)
+		if err != nil {
+			_ = stop()
+			return runResult{}, fmt.Errorf("starting the staleness probe's instance: %w", err)
+		}
+		defer func() { _ = stopOther() }()
+		probe = new(stalenessResult)
+		probing.Go(func() { *probe = probeStaleness(probeCtx, base, other, ks, cfg.NearMaxAge, o.Seed) })
+	}
+	res, err := loadRun(ctx, base, ks, o, "cache "+cache)
+	endProbe()
+	probing.Wait()
+	res.Staleness = probe
+	if serr := stop(); serr != nil && err == nil {
+		err = fmt.Errorf("stopping the service: %w", serr)
+	}
+	return res, err
+}
+
+// startService starts this binary's serve with CACHE=cache on a free port
+// (pinned as envServiceCPUs says) and waits until it is healthy. It returns
+// the service's base URL and the function that stops it with SIGTERM.
+func startService(ctx context.Context, getenv func(string) string, cache string, stderr io.Writer) (string, func() error, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
 	}
 	addr := ln.Addr().String()
 	ln.Close()
@@ -587,11 +626,11 @@ func loadService(ctx context.Context, getenv func(string) string, log *slog.Logg
 		// The load generator runs pinned (make demo: taskset, GOMAXPROCS=1)
 		// so that it does not starve the service; the service gets cpus.
 		cmd = exec.Command("taskset", "-c", cpus, exe, "serve")
-		cmd.Env = append(os.Environ(), envHTTPAddr+"="+addr, envCache+"="+cache, envMigrateOnStart+"=false", "GOMAXPROCS="+getenv(envServiceProcs))
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+getenv(envServiceProcs))
 	}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
-		return runResult{}, err
+		return "", nil, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -609,14 +648,9 @@ func loadService(ctx context.Context, getenv func(string) string, log *slog.Logg
 	base := "http://" + addr
 	if err := waitHealthy(ctx, base, exited); err != nil {
 		_ = stop()
-		return runResult{}, err
+		return "", nil, err
 	}
-	log.Info("load: service up", "cache", cache, "addr", addr)
-	res, err := loadRun(ctx, base, ks, o, "cache "+cache)
-	if serr := stop(); serr != nil && err == nil {
-		err = fmt.Errorf("stopping the service: %w", serr)
-	}
-	return res, err
+	return base, stop, nil
 }
 
 func waitHealthy(ctx context.Context, base string, exited <-chan error) error {
@@ -642,6 +676,10 @@ func waitHealthy(ctx context.Context, base string, exited <-chan error) error {
 func printRun(w io.Writer, r runResult) {
 	fmt.Fprintf(w, "%-10s %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms  hit ratio %5.1f%% (near-cache %5.1f%%)  db queries/req %.3f (reads/read %.3f)  errors %d\n",
 		r.Label, r.Throughput, r.P50ms, r.P99ms, 100*r.HitRatio, 100*r.NearShare, r.QueriesPerRequest, r.ReadQueriesPerRead, r.ServerErrors)
+	if st := r.Staleness; st != nil {
+		fmt.Fprintf(w, "%-10s near-cache staleness across instances: probes %d, reads %d, stale %d, p50 %.1f ms, p99 %.1f ms, max %.1f ms, past the bound (%.0f ms) %d, errors %d\n",
+			"", st.Probes, st.Reads, st.StaleReads, st.P50Ms, st.P99Ms, st.MaxMs, st.BoundMs, st.BeyondBound, st.Errors)
+	}
 }
 
 // medianRun returns the run of median throughput (the lower middle one for

@@ -375,3 +375,59 @@ func TestIsRead(t *testing.T) {
 		}
 	}
 }
+
+// sibling returns another instance of a's service (its own pool and
+// near-cache) over a's database and memcached, with env's overrides.
+func sibling(t *testing.T, a *app, kv ...string) *app {
+	t.Helper()
+	cfg := a.cfg
+	for i := 0; i+1 < len(kv); i += 2 {
+		switch kv[i] {
+		case envCacheNamespace:
+			cfg.Namespace = kv[i+1]
+		default:
+			t.Fatalf("sibling: %s is not supported", kv[i])
+		}
+	}
+	b, err := newApp(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.close)
+	return b
+}
+
+// The demo's staleness probe measures what it says: between two instances
+// of the service over one database and memcached, every probed write is
+// seen by the other instance well within the bound (its NOTIFY arrives);
+// and against an instance that is never told (another cache namespace, so
+// another NOTIFY channel and other memcached keys), it reports the stale
+// reads past the bound.
+func TestStalenessProbe(t *testing.T) {
+	a := newTestApp(t, true, envNearMaxAge, "5s")
+	b := sibling(t, a)
+	blind := sibling(t, a, envCacheNamespace, repotest.Namespace(t)+"_other")
+	sa, sb, sblind := httptest.NewServer(a.handler()), httptest.NewServer(b.handler()), httptest.NewServer(blind.handler())
+	defer sa.Close()
+	defer sb.Close()
+	defer sblind.Close()
+	ks, err := loadKeyspace(context.Background(), a.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(other string, bound, d time.Duration) stalenessResult {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return probeStaleness(ctx, sa.URL, other, ks, bound, 1)
+	}
+	res := run(sb.URL, 5*time.Second, 1500*time.Millisecond)
+	if res.Probes < 10 || res.Reads < res.Probes || res.Errors != 0 || res.BeyondBound != 0 || res.MaxMs >= res.BoundMs {
+		t.Fatalf("two instances told by NOTIFY: %+v; want 10 or more probes, no error, nothing past the bound", res)
+	}
+	t.Logf("told: %+v", res)
+	res = run(sblind.URL, 100*time.Millisecond, 1500*time.Millisecond)
+	if res.Probes < 1 || res.StaleReads == 0 || res.BeyondBound == 0 || res.MaxMs <= res.BoundMs {
+		t.Fatalf("an instance never told: %+v; want stale reads past the bound", res)
+	}
+	t.Logf("never told: %+v", res)
+}
