@@ -99,10 +99,19 @@ func badf(format string, args ...any) error { return &badRequest{fmt.Sprintf(for
 // errConflict is answered with 409.
 var errConflict = errors.New("conflict")
 
+// writeJSON answers v as JSON with the given status.
 func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+	}
+	b = append(b, '\n')
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	// With its length known the body goes out in one piece, not chunked.
+	h.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(b)
 }
 
 // fail answers err with the matching status and a JSON error body. Server
@@ -286,7 +295,15 @@ func (a *app) getStockAcross(w http.ResponseWriter, r *http.Request) {
 	for _, s := range rows {
 		total += int64(s.Quantity)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"article_number": k.ArticleNumber, "uom": k.UOM, "total": total, "stores": rows})
+	writeJSON(w, http.StatusOK, stockAcross{k.ArticleNumber, k.UOM, total, rows})
+}
+
+// stockAcross is the answer of GET /stock/{article}/{uom}.
+type stockAcross struct {
+	ArticleNumber string  `json:"article_number"`
+	UOM           string  `json:"uom"`
+	Total         int64   `json:"total"`
+	Stores        []Stock `json:"stores"`
 }
 
 // stockChange is the body of POST /stock/...: exactly one of Delta (add to
