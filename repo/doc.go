@@ -4,7 +4,7 @@
 // A Store[T, K] serves one table. Reads are cache-aside: a hit costs one
 // memcached round trip and a decode; a miss reads the row with one SELECT (or
 // the Table's Load, such as an sqlc query) and fills the cache. Writes
-// (Insert, Update, Upsert, Delete) change the database first and then the
+// (Insert, Update, Replace, Upsert, Delete) change the database first and then the
 // cache. A Query caches the result of any load function for a short TTL.
 //
 // # How the pieces fit

@@ -91,6 +91,10 @@ func tour(ctx context.Context, databaseURL, memcachedAddr, namespace string) err
 		return err
 	}
 	fmt.Println(p.Name, p.PriceCents)
+	p.PriceCents = 1999
+	if p, err = products.Replace(ctx, p); err != nil { // one UPDATE, without reading the row first
+		return err
+	}
 	if err := products.Delete(ctx, 1); err != nil { // leaves a tombstone: no stale fill resurrects it
 		return err
 	}

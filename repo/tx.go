@@ -130,6 +130,15 @@ func (t TxStore[T, K]) Update(ctx context.Context, k K, mutate func(*T) error) (
 	return row, nil
 }
 
+// Replace is Store.Replace inside the transaction.
+func (t TxStore[T, K]) Replace(ctx context.Context, v T) (T, error) {
+	row, err := t.s.replace(ctx, t.tx, t.tx.defer_, &v)
+	if err != nil {
+		return row, t.s.opErr(observe.OpUpdate, t.s.t.keyOf(&v), err)
+	}
+	return row, nil
+}
+
 // Delete is Store.Delete inside the transaction.
 func (t TxStore[T, K]) Delete(ctx context.Context, k K) error {
 	return t.s.delete(ctx, t.tx, t.tx.defer_, k)

@@ -620,25 +620,27 @@ func startService(ctx context.Context, getenv func(string) string, cache string,
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	env := append(os.Environ(), envHTTPAddr+"="+addr, envCache+"="+cache, envMigrateOnStart+"=false")
 	cmd := exec.Command(exe, "serve")
-	cmd.Env = append(os.Environ(), envHTTPAddr+"="+addr, envCache+"="+cache, envMigrateOnStart+"=false")
 	if cpus := getenv(envServiceCPUs); cpus != "" {
 		// The load generator runs pinned (make demo: taskset, GOMAXPROCS=1)
 		// so that it does not starve the service; the service gets cpus.
 		cmd = exec.Command("taskset", "-c", cpus, exe, "serve")
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+getenv(envServiceProcs))
+		env = append(env, "GOMAXPROCS="+getenv(envServiceProcs))
 	}
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
 		return "", nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{}) // closed once the process has exited, with waitErr set
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	stop := func() error {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case err := <-exited:
-			return err
+		case <-exited:
+			return waitErr
 		case <-time.After(20 * time.Second):
 			_ = cmd.Process.Kill()
 			<-exited
@@ -646,14 +648,16 @@ func startService(ctx context.Context, getenv func(string) string, cache string,
 		}
 	}
 	base := "http://" + addr
-	if err := waitHealthy(ctx, base, exited); err != nil {
+	if err := waitHealthy(ctx, base, exited, &waitErr); err != nil {
 		_ = stop()
 		return "", nil, err
 	}
 	return base, stop, nil
 }
 
-func waitHealthy(ctx context.Context, base string, exited <-chan error) error {
+// waitHealthy waits until base answers /healthz, or the process (exited,
+// then *waitErr) ends or 30s pass.
+func waitHealthy(ctx context.Context, base string, exited <-chan struct{}, waitErr *error) error {
 	deadline := time.Now().Add(30 * time.Second)
 	c := &http.Client{Timeout: time.Second}
 	for {
@@ -661,8 +665,8 @@ func waitHealthy(ctx context.Context, base string, exited <-chan error) error {
 			return nil
 		}
 		select {
-		case err := <-exited:
-			return fmt.Errorf("service exited during startup: %v", err)
+		case <-exited:
+			return fmt.Errorf("service exited during startup: %v", *waitErr)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):

@@ -332,23 +332,26 @@ func (a *app) updateStock(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, badf("quantity %d: must not be negative", *c.Quantity))
 		return
 	}
-	s, err := a.cat.stock.Update(r.Context(), k, func(s *Stock) error {
-		q := int64(s.Quantity)
-		if c.Delta != nil {
-			q += int64(*c.Delta)
-		} else {
-			q = int64(*c.Quantity)
-		}
-		if q < 0 {
-			return fmt.Errorf("%w: stock of %s %s in %s would fall to %d", errConflict, k.ArticleNumber, k.UOM, k.StoreCode, q)
-		}
-		if q > 1<<31-1 {
-			return badf("quantity %d: too large", q)
-		}
-		s.Quantity = int32(q)
-		s.UpdatedAt = time.Now().UTC()
-		return nil
-	})
+	var s Stock
+	if c.Quantity != nil {
+		// A new quantity does not depend on the row: one UPDATE, without
+		// reading the row under a lock first.
+		s, err = a.cat.stock.Replace(r.Context(), Stock{ArticleNumber: k.ArticleNumber, UOM: k.UOM, StoreCode: k.StoreCode,
+			Quantity: *c.Quantity, UpdatedAt: time.Now().UTC()})
+	} else {
+		s, err = a.cat.stock.Update(r.Context(), k, func(s *Stock) error {
+			q := int64(s.Quantity) + int64(*c.Delta)
+			if q < 0 {
+				return fmt.Errorf("%w: stock of %s %s in %s would fall to %d", errConflict, k.ArticleNumber, k.UOM, k.StoreCode, q)
+			}
+			if q > 1<<31-1 {
+				return badf("quantity %d: too large", q)
+			}
+			s.Quantity = int32(q)
+			s.UpdatedAt = time.Now().UTC()
+			return nil
+		})
+	}
 	if err != nil {
 		a.fail(w, r, err)
 		return
