@@ -10,7 +10,7 @@
 #   quick (default): 1,100 products x 170 stores = 187,000 stock rows
 #   full:            11,000 products x 170 stores = 1,870,000 stock rows
 #
-# Environment: DEMO_DURATION (per run, default 12s), DEMO_ROUNDS (on/off pairs, 2), DEMO_CLIENTS (64),
+# Environment: DEMO_DURATION (per run, default 12s), DEMO_ROUNDS (on/off pairs, 3: each mode's median run is reported), DEMO_CLIENTS (64),
 # DEMO_PIN (procs, the default: the load generator on GOMAXPROCS=1, the service on every CPU;
 # taskset: the load generator also pinned to CPU 0; none),
 # DEMO_REPORT_DIR (default examples/retail/report, or report-full).
@@ -27,7 +27,7 @@ full) scale=1 ;;
 	;;
 esac
 duration="${DEMO_DURATION:-12s}"
-rounds="${DEMO_ROUNDS:-2}"
+rounds="${DEMO_ROUNDS:-3}"
 clients="${DEMO_CLIENTS:-64}"
 default_dir=examples/retail/report
 [ "$mode" = quick ] || default_dir=examples/retail/report-full
