@@ -31,8 +31,14 @@ func (s storeV2Subject) get(ctx context.Context, key int64) (string, error) {
 	return p.Name, err
 }
 
-func (s storeV2Subject) put(ctx context.Context, key int64, value string) error {
-	_, err := s.s.Upsert(ctx, ProductV2{ID: key, ArticleNumber: fmt.Sprint("A", key), Name: value, CategoryID: 1})
+func (s storeV2Subject) put(ctx context.Context, key int64, value string) error { // as storeSubject's
+	p := ProductV2{ID: key, ArticleNumber: fmt.Sprint("A", key), Name: value, CategoryID: 1}
+	if replaces(value) {
+		if _, err := s.s.Replace(ctx, p); !errors.Is(err, repo.ErrNotFound) {
+			return err
+		}
+	}
+	_, err := s.s.Upsert(ctx, p)
 	return err
 }
 
