@@ -19,11 +19,14 @@ import (
 // missing keys are simply absent from the map (duplicates are read once).
 //
 // It costs one multi-get (over a *memclient.Client, one pipeline of quiet mg
-// requests per server; otherwise gomemcache's GetMulti), plus for the misses
-// one lease Add per key, one SQL query for all of them (= ANY($1), or unnest
-// of the key columns for composite keys) and one multi-get and CAS per key
-// to fill. Keys leased by others are read from the database without
-// waiting. If the cache fails, everything is read from the database.
+// requests per server; otherwise gomemcache's GetMulti), plus for the
+// misses: their lease adds, one SQL query for all of them (= ANY($1), or
+// unnest of the key columns for composite keys), one multi-get, and their
+// CAS fills. Over a *memclient.Client the adds and the fills each leave as
+// one pipeline per server (AddMulti, CompareAndSwapMulti); over other
+// caches they are one round trip per key. Keys leased by others are read
+// from the database without waiting. If the cache fails, everything is
+// read from the database.
 func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	ctx, end := s.c.Begin(ctx, observe.OpGetMany)
 	var out map[K]T
@@ -179,20 +182,24 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, out map[K]T) er
 	// Lease each missing key before reading, so a write that commits after our
 	// read replaces the lease and our fill is dropped.
 	tokens := make(map[int]uint64, len(missing))
-	for _, i := range missing {
-		if !cacheOK {
-			break
-		}
+	if cacheOK {
 		if err := ctx.Err(); err != nil {
-			s.releaseLeases(ckeys, tokens)
 			return s.manyErr(err)
 		}
-		switch tok, err := s.c.AddLease(ckeys[i]); {
-		case err == nil && tok != 0:
-			tokens[i] = tok
-		case err == nil: // another filler or a fresh write
-		default:
-			s.c.CacheErr(ctx, observe.StepLease, ckeys[i], err)
+		lkeys := make([]string, len(missing))
+		for j, i := range missing {
+			lkeys[j] = ckeys[i]
+		}
+		// One pipeline of adds per server; a key held by another filler
+		// or a fresh write gets no token.
+		toks, err := s.c.AddLeases(lkeys)
+		for j, i := range missing {
+			if toks[j] != 0 {
+				tokens[i] = toks[j]
+			}
+		}
+		if err != nil {
+			s.c.CacheErr(ctx, observe.StepLease, lkeys[0], err)
 			cacheOK = false
 		}
 	}
@@ -230,6 +237,8 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, out map[K]T) er
 		s.c.CacheErr(ctx, observe.StepFill, mkeys[0], err)
 		return nil
 	}
+	settle := make([]protocol.Settlement, 0, len(missing))
+	settled := make([]int, 0, len(missing)) // settle[j] is missing key settled[j]
 	for _, i := range missing {
 		key, tok := ckeys[i], tokens[i]
 		var value []byte
@@ -246,10 +255,15 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, out map[K]T) er
 			s.c.ReleaseLease(key, tok)
 			continue
 		}
-		it := s.c.Settle(ctx, key, tok, cur[key], value, flags, exp, began)
+		settle = append(settle, protocol.Settlement{Key: key, Token: tok, It: cur[key], Value: value, Flags: flags, Exp: exp})
+		settled = append(settled, i)
+	}
+	for j, it := range s.c.SettleMany(ctx, settle, began) {
+		i := settled[j]
 		if it == nil {
 			continue
 		}
+		key := ckeys[i]
 		var v T
 		switch s.open(ctx, it, &v).kind {
 		case protocol.KindValue:

@@ -101,7 +101,12 @@ func (c *Core) swapLease(ctx context.Context, key string, token uint64, value []
 // before us, and its fill must not land after we answered. began is when
 // the database read began, for the Fill event.
 func (c *Core) Settle(ctx context.Context, key string, token uint64, it *memcache.Item, value []byte, flags uint32, exp int32, began time.Time) *memcache.Item {
-	for try := 0; it != nil; try++ {
+	return c.settle(ctx, key, token, it, value, flags, exp, began, 0)
+}
+
+// settle is Settle from its try'th attempt.
+func (c *Core) settle(ctx context.Context, key string, token uint64, it *memcache.Item, value []byte, flags uint32, exp int32, began time.Time, try int) *memcache.Item {
+	for ; it != nil; try++ {
 		if token == 0 || !ownLease(it, token) {
 			if k, _, _, ok := OpenEnvelope(it.Flags, it.Value); ok && k != KindLease {
 				return it
@@ -132,6 +137,125 @@ func (c *Core) Settle(ctx context.Context, key string, token uint64, it *memcach
 		}
 	}
 	return nil
+}
+
+// Settlement is one key of SettleMany: Settle's arguments.
+type Settlement struct {
+	Key   string
+	Token uint64         // our lease, 0 for none
+	It    *memcache.Item // what the key holds now, nil on a miss
+	Value []byte
+	Flags uint32
+	Exp   int32
+}
+
+// multiStorer is the optional interface of a Cache that pipelines adds and
+// CAS stores (memclient.Client).
+type multiStorer interface {
+	AddMulti(items []*memcache.Item) ([]error, error)
+	CompareAndSwapMulti(items []*memcache.Item) ([]error, error)
+}
+
+// SettleMany is Settle for each of ss, whose database read began at began,
+// returning each one's result in order. Over a cache that pipelines CAS
+// stores (memclient.Client), the fills of our own leases leave together,
+// one pipeline per server; a fill that lost goes on as Settle's does (a
+// fresh read, up to its tries), and everything else settles one by one.
+func (c *Core) SettleMany(ctx context.Context, ss []Settlement, began time.Time) []*memcache.Item {
+	out := make([]*memcache.Item, len(ss))
+	done := make([]bool, len(ss))
+	if ms, ok := c.raw.(multiStorer); ok {
+		var batch []int
+		var items []*memcache.Item
+		for i, s := range ss {
+			if s.Token != 0 && s.It != nil && ownLease(s.It, s.Token) {
+				it := *s.It
+				it.Value, it.Flags, it.Expiration = s.Value, s.Flags, s.Exp
+				batch, items = append(batch, i), append(items, &it)
+			}
+		}
+		var outs []error
+		if len(batch) > 0 {
+			outs, _ = ms.CompareAndSwapMulti(items) // nil without the meta protocol: each settles alone
+		}
+		if outs != nil {
+			for j, i := range batch {
+				s, o := ss[i], outs[j]
+				done[i] = true
+				switch {
+				case o == nil:
+					c.record(s.Key, nil)
+					c.filled(ctx, s.Key, began)
+				case IsLost(o): // as Settle's first try
+					c.record(s.Key, nil)
+					c.CASConflict(ctx, s.Key)
+					it, err := c.Cache.Get(s.Key)
+					switch {
+					case err == nil:
+						out[i] = c.settle(ctx, s.Key, s.Token, it, s.Value, s.Flags, s.Exp, began, 1)
+					case !IsMiss(err):
+						c.CacheErr(ctx, observe.StepFill, s.Key, err)
+					}
+				default:
+					c.record(s.Key, o)
+					c.CacheErr(ctx, observe.StepFill, s.Key, o)
+				}
+			}
+		}
+	}
+	for i, s := range ss {
+		if !done[i] {
+			out[i] = c.Settle(ctx, s.Key, s.Token, s.It, s.Value, s.Flags, s.Exp, began)
+		}
+	}
+	return out
+}
+
+// AddLeases is AddLease for each of keys: tokens[i] is keys[i]'s lease, 0
+// if the key held something. Over a cache that pipelines adds
+// (memclient.Client) they leave together, one pipeline per server, else
+// one Add at a time. err is the first failure: a key whose lease may or may
+// not have been taken has token 0, and over the classic path the keys after
+// it were not tried.
+func (c *Core) AddLeases(keys []string) (tokens []uint64, err error) {
+	tokens = make([]uint64, len(keys))
+	if ms, ok := c.raw.(multiStorer); ok && len(keys) > 1 {
+		items := make([]*memcache.Item, len(keys))
+		mine := make([]uint64, len(keys))
+		for i, k := range keys {
+			mine[i] = newToken()
+			items[i] = c.leaseItem(k, mine[i])
+		}
+		outs, err := ms.AddMulti(items)
+		if !errors.Is(err, memclient.ErrNoMeta) {
+			if outs == nil {
+				c.recordMany(keys, err)
+				return tokens, err
+			}
+			var first error
+			for i, o := range outs {
+				switch {
+				case o == nil:
+					tokens[i] = mine[i]
+					c.record(keys[i], nil)
+				case errors.Is(o, memcache.ErrNotStored):
+					c.record(keys[i], nil)
+				default:
+					c.record(keys[i], o)
+					if first == nil {
+						first = o
+					}
+				}
+			}
+			return tokens, first
+		}
+	}
+	for i, k := range keys {
+		if tokens[i], err = c.AddLease(k); err != nil {
+			return tokens, err
+		}
+	}
+	return tokens, nil
 }
 
 // AddLease takes key's lease with the classic commands (an Add), returning
