@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +75,17 @@ type NearCache struct {
 	epoch atomic.Uint64
 	seq   [nearStripes]atomic.Uint64
 	hits  atomic.Uint64
+
+	nmu     sync.Mutex // guards sending and next
+	sending bool       // a NOTIFY statement is in flight
+	next    *noteBatch // the keys of writes waiting for it, or nil
+}
+
+// noteBatch is the keys of writes that leave in one NOTIFY statement.
+type noteBatch struct {
+	keys []string
+	turn chan struct{} // closed when the batch's first writer is to send it
+	sent chan struct{} // closed once it was sent
 }
 
 // nearStripes is how many counters of invalidations a near-cache keeps: a
@@ -215,8 +227,14 @@ func (n *NearCache) put(key string, tok nearToken, e nearEntry) {
 }
 
 // written removes keys at once (this process reads its own writes) and
-// tells the other processes with one NOTIFY statement, best effort: a
-// NOTIFY lost is bounded by MaxAge.
+// tells the other processes by NOTIFY, best effort: a NOTIFY lost is
+// bounded by MaxAge. It returns once a statement carrying keys was sent.
+//
+// One NOTIFY statement is in flight at a time: the keys of writes that
+// come meanwhile wait and leave together in the next one, sent by the
+// first of those writers, so concurrent writers cost one statement per
+// batch instead of one each, and no writer waits for more than the
+// statement in flight and its own.
 func (n *NearCache) written(ctx context.Context, keys ...string) {
 	for _, k := range keys {
 		n.Invalidate(k)
@@ -224,7 +242,42 @@ func (n *NearCache) written(ctx context.Context, keys ...string) {
 	if n.cfg.DB == nil || len(keys) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	ctx = context.WithoutCancel(ctx)
+	n.nmu.Lock()
+	if n.sending {
+		b := n.next
+		first := b == nil
+		if first {
+			b = &noteBatch{turn: make(chan struct{}), sent: make(chan struct{})}
+			n.next = b
+		}
+		b.keys = append(b.keys, keys...)
+		n.nmu.Unlock()
+		if !first {
+			<-b.sent
+			return
+		}
+		<-b.turn // nobody adds to b any more
+		n.notify(ctx, b.keys)
+		close(b.sent)
+	} else {
+		n.sending = true
+		n.nmu.Unlock()
+		n.notify(ctx, keys)
+	}
+	// Hand the sending on to the next batch's first writer, if any.
+	n.nmu.Lock()
+	b := n.next
+	n.next, n.sending = nil, b != nil
+	n.nmu.Unlock()
+	if b != nil {
+		close(b.turn)
+	}
+}
+
+// notify sends keys on the channel in one statement.
+func (n *NearCache) notify(ctx context.Context, keys []string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	_, _ = n.cfg.DB.Exec(ctx, "SELECT pg_notify($1, k) FROM unnest($2::text[]) k", n.cfg.Channel, keys)
 }

@@ -11,10 +11,12 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/cachedrepo/cachedrepo/repo"
 	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
@@ -407,4 +409,68 @@ func TestNearCacheRowsWithReferences(t *testing.T) {
 		}
 		m[1].Tags[1] = "scribbled too"
 	}
+}
+
+// slowNotifyDB counts the NOTIFY statements sent through it, each slowed
+// by delay, so that concurrent writers find one in flight.
+type slowNotifyDB struct {
+	repo.DB
+	delay time.Duration
+	n     atomic.Int64
+}
+
+func (d *slowNotifyDB) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	d.n.Add(1)
+	time.Sleep(d.delay)
+	return d.DB.Exec(ctx, sql, args...)
+}
+
+// Concurrent writers' invalidations leave together: 64 writers whose
+// NOTIFYs overlap send a handful of statements, not 64, every writer
+// returns once its keys were sent, and the other process's near-cache
+// drops every written key.
+func TestNearNotifiesInBatches(t *testing.T) {
+	e := newEnv(t)
+	const writers = 64
+	for id := int64(1); id <= writers; id++ {
+		e.insertProduct(t, id, fmt.Sprint("p", id), 100)
+	}
+	db := &slowNotifyDB{DB: e.Pool, delay: 20 * time.Millisecond}
+	cfg := repo.NearConfig{MaxAge: time.Hour, Channel: "near_" + e.NS, DB: db,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, e.URL) }}
+	a, err := repo.NewNearCache(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newNear(t, e, time.Hour, false, "near-other")
+	o := e.Opts(nil)
+	o.Near = b
+	other := e.products(t, o)
+	keys := make([]string, writers)
+	for i := range keys {
+		if _, err := other.Get(ctx, int64(i+1)); err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = other.Key(int64(i + 1))
+		if !repo.NearHolds(b, keys[i]) {
+			t.Fatalf("the other near-cache did not keep %s", keys[i])
+		}
+	}
+	var wg sync.WaitGroup
+	for _, k := range keys {
+		wg.Go(func() { repo.NearWritten(ctx, a, k) })
+	}
+	wg.Wait()
+	if n := db.n.Load(); n < 1 || n > writers/4 {
+		t.Fatalf("%d writers sent %d NOTIFY statements, want between 1 and %d", writers, n, writers/4)
+	}
+	waitUntil(t, "every written key to leave the other near-cache", func() bool {
+		for _, k := range keys {
+			if repo.NearHolds(b, k) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%d writers, %d statements", writers, db.n.Load())
 }
