@@ -30,7 +30,11 @@
 //
 // GetMulti reads its keys with one pipeline of quiet mg requests per server
 // (servers in parallel), ended by "mn": misses send nothing, and the values
-// of the hits share one buffer.
+// of the hits share one buffer. AddMulti and CompareAndSwapMulti store many
+// items the same way (quiet "ms" requests in add or CAS mode, each answer
+// of a refusal naming its request by an opaque token), with one outcome per
+// item; DeleteIfUnchanged deletes many keys if they still hold what was
+// read.
 //
 // Against a server without the meta protocol, the first meta request fails
 // with ErrNoMeta and the client uses the classic commands from then on:
