@@ -43,8 +43,8 @@ vet:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./repo/...
 
-## bench-ratio: store/raw ratios of the hit, GetMany and miss benchmarks, the
-## rows alternating run by run (PAIRS pairs, default 5)
+## bench-ratio: store/raw ratios of the hit, near-cache, parallel, GetMany and miss
+## benchmarks, the rows alternating run by run (PAIRS pairs, default 5)
 bench-ratio:
 	bash scripts/bench-ratio.sh $(or $(PAIRS),5)
 

@@ -15,10 +15,8 @@ pairs="${1:-5}"
 shift || true
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-	benches=(BenchmarkGetHit BenchmarkGetManyHit BenchmarkGetMiss BenchmarkGetHitNear BenchmarkGetManyMiss)
-	if grep -q 'func BenchmarkGetHitParallel' repo/*_test.go; then
-		benches+=(BenchmarkGetHitParallel/1 BenchmarkGetHitParallel/32 BenchmarkGetHitParallel/256)
-	fi
+	benches=(BenchmarkGetHit BenchmarkGetManyHit BenchmarkGetMiss BenchmarkGetHitNear BenchmarkGetManyMiss
+		BenchmarkGetHitParallel/1 BenchmarkGetHitParallel/32 BenchmarkGetHitParallel/256)
 fi
 
 bin="$(mktemp -d)/repo.test"

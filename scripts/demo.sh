@@ -12,7 +12,7 @@
 #
 # Environment: DEMO_DURATION (per run, default 12s), DEMO_ROUNDS (on/off pairs, 3: each mode's median run is reported), DEMO_CLIENTS (64),
 # DEMO_PIN (procs, the default: the load generator on GOMAXPROCS=1, the service on every CPU;
-# taskset: the load generator also pinned to CPU 0; none),
+# taskset: the load generator also pinned to the first of this shell's CPUs; none),
 # DEMO_REPORT_DIR (default examples/retail/report, or report-full).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,18 +98,20 @@ mkdir -p "$report_dir"
 "$retail" warm -raw -out "$report_dir/warm.json"
 say "load: $clients clients, $duration per run, $rounds rounds of cache on then off"
 # The load generator runs with GOMAXPROCS=1 (DEMO_PIN=taskset: also pinned
-# to CPU 0) so that it does not starve the service it measures, which gets
-# every CPU; DEMO_PIN=none runs it unpinned.
+# to the first of this shell's CPUs) so that it does not starve the service
+# it measures, which gets every CPU; DEMO_PIN=none runs it unpinned.
 pin=()
 case "${DEMO_PIN:-procs}" in
 taskset)
 	if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
-		pin=(env GOMAXPROCS=1 RETAIL_SERVICE_CPUS="0-$(($(nproc) - 1))" RETAIL_SERVICE_PROCS="$(nproc)" taskset -c 0)
-		echo "load generator pinned to CPU 0 (GOMAXPROCS=1); the service on CPUs 0-$(($(nproc) - 1))"
+		allowed="$(taskset -pc $$ | sed 's/.*: //')" # this shell's CPUs, e.g. 0-1 or 2,3
+		first="${allowed%%[-,]*}"
+		pin=(env GOMAXPROCS=1 RETAIL_SERVICE_CPUS="$allowed" RETAIL_SERVICE_PROCS="$(nproc)" taskset -c "$first")
+		echo "load generator pinned to CPU $first (GOMAXPROCS=1); the service on CPUs $allowed"
 	fi
 	;;
 procs)
-	pin=(env GOMAXPROCS=1 RETAIL_SERVICE_CPUS="0-$(($(nproc) - 1))" RETAIL_SERVICE_PROCS="$(nproc)")
+	pin=(env GOMAXPROCS=1 RETAIL_SERVICE_PROCS="$(nproc)")
 	echo "load generator on GOMAXPROCS=1; the service on GOMAXPROCS=$(nproc)"
 	;;
 esac

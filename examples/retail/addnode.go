@@ -29,6 +29,9 @@ func runCache(ctx context.Context, args []string, getenv func(string) string, st
 		return errors.New("cache: no command given")
 	}
 	cmd, args := args[0], args[1:]
+	if cmd == "sweep" { // its own flags
+		return runSweep(ctx, args, getenv, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("retail cache "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	switch cmd {

@@ -519,7 +519,7 @@ func runLoad(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 	byMode := map[string][]runResult{}
 	for round := 0; round < o.Rounds; round++ {
 		for _, cache := range []string{"on", "off"} {
-			res, err := loadService(ctx, getenv, log, o, ks, cache, stderr)
+			res, err := loadService(ctx, getenv, log, cfg, o, ks, cache, stderr)
 			if err != nil {
 				return fmt.Errorf("run with CACHE=%s: %w", cache, err)
 			}
@@ -565,18 +565,14 @@ func dialAddr(listen string) string {
 // The environment of `retail load` that pins the service it starts.
 const (
 	envServiceCPUs  = "RETAIL_SERVICE_CPUS"  // taskset's CPU list for the service, e.g. 0-1; default: not pinned
-	envServiceProcs = "RETAIL_SERVICE_PROCS" // with it: the service's GOMAXPROCS
+	envServiceProcs = "RETAIL_SERVICE_PROCS" // the service's GOMAXPROCS; default: Go's
 )
 
 // loadService starts this binary's serve with CACHE=cache on a free port,
 // waits for it to be healthy, runs the load, and stops it with SIGTERM
 // (its graceful shutdown). With the cache and its near-cache on, a second
 // instance serves the staleness probe (see probeStaleness) meanwhile.
-func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, o loadOptions, ks *keyspace, cache string, stderr io.Writer) (runResult, error) {
-	cfg, err := loadConfig(getenv)
-	if err != nil {
-		return runResult{}, err
-	}
+func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, cfg config, o loadOptions, ks *keyspace, cache string, stderr io.Writer) (runResult, error) {
 	base, stop, err := startService(ctx, getenv, cache, stderr)
 	if err != nil {
 		return runResult{}, err
@@ -620,13 +616,16 @@ func startService(ctx context.Context, getenv func(string) string, cache string,
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	// The load generator runs on GOMAXPROCS=1 (make demo; DEMO_PIN=taskset
+	// also pins it) so that it does not starve the service, which gets
+	// GOMAXPROCS=envServiceProcs and, if set, the CPUs envServiceCPUs.
 	env := append(os.Environ(), envHTTPAddr+"="+addr, envCache+"="+cache, envMigrateOnStart+"=false")
+	if procs := getenv(envServiceProcs); procs != "" {
+		env = append(env, "GOMAXPROCS="+procs)
+	}
 	cmd := exec.Command(exe, "serve")
 	if cpus := getenv(envServiceCPUs); cpus != "" {
-		// The load generator runs pinned (make demo: taskset, GOMAXPROCS=1)
-		// so that it does not starve the service; the service gets cpus.
 		cmd = exec.Command("taskset", "-c", cpus, exe, "serve")
-		env = append(env, "GOMAXPROCS="+getenv(envServiceProcs))
 	}
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = stderr, stderr

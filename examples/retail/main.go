@@ -18,7 +18,7 @@
 // Configuration comes from the environment (see config.go): DATABASE_URL,
 // MEMCACHED_ADDR, MEMCACHED_NEW_ADDR and MEMCACHED_PHASE (a migration to
 // another server list), HTTP_ADDR, CACHE=on|off, CACHE_NAMESPACE, CACHE_TTL,
-// DB_MAX_CONNS, MIGRATE_ON_START.
+// DB_MAX_CONNS, MIGRATE_ON_START, NEAR_CACHE_MAX_AGE.
 package main
 
 import (
@@ -56,8 +56,8 @@ commands:
 
 Run 'retail <command> -h' for the flags of a command. Configuration is read
 from DATABASE_URL, MEMCACHED_ADDR, MEMCACHED_NEW_ADDR, MEMCACHED_PHASE,
-HTTP_ADDR, CACHE (on|off), CACHE_NAMESPACE, CACHE_TTL, DB_MAX_CONNS and
-MIGRATE_ON_START.
+HTTP_ADDR, CACHE (on|off), CACHE_NAMESPACE, CACHE_TTL, DB_MAX_CONNS,
+MIGRATE_ON_START and NEAR_CACHE_MAX_AGE.
 `
 
 func main() {
@@ -161,9 +161,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return runInvalidator(ctx, cfg, log, *slot, *interval, stdout)
 	case "cache":
-		if len(args) > 0 && args[0] == "sweep" {
-			return runSweep(ctx, args[1:], getenv, stdout, stderr)
-		}
 		return runCache(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		if err := fs.Parse(args); err != nil {

@@ -120,9 +120,9 @@ func (r report) markdown() string {
 	b.WriteString("![throughput, latency and database queries, cache on vs off](report.svg)\n\n## Summary\n\n")
 	b.WriteString(r.summary())
 	b.WriteString("\nDB read queries are SELECTs without FOR UPDATE, counted by a pgx QueryTracer on the pool; " +
-		"\"statements\" counts everything sent, including the writes' BEGIN, SELECT ... FOR UPDATE, UPDATE and COMMIT, " +
-		"so with 5% writes it cannot fall below about 0.05 whatever the cache does. " +
-		"Hit ratio is cache hits / (hits + misses) over every store and cached query.\n")
+		"\"statements\" counts everything sent: a write's statements (one for a quantity set or a visit, BEGIN, SELECT ... FOR UPDATE, UPDATE and COMMIT " +
+		"for a delta) and, with the cache, the near-cache's NOTIFYs, which are not reads. " +
+		"Hit ratio is (near-cache hits + memcached hits) / (near-cache hits + hits + misses) over every store and cached query.\n")
 	if st := r.On.Staleness; st != nil {
 		fmt.Fprintf(&b, "\nNear-cache staleness: during the cache-on run a second instance of the service ran beside the measured one, "+
 			"and every %v a probe read a random stock row through the second instance (so its near-cache held the row), "+
