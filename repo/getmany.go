@@ -51,9 +51,11 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 	}
 	out := make(map[K]T, len(keys))
 	var rest []K
+	var restKeys []string
 	var fill []pending
+	kb := s.gen.Builder(s.c)
 	for i, k := range keys {
-		key := s.Key(k)
+		key := s.keyWith(kb, k)
 		if v, found, hit := s.nearHit(key); hit {
 			if found {
 				out[k] = v
@@ -61,17 +63,18 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 			continue
 		}
 		if fill == nil {
-			rest, fill = make([]K, 0, len(keys)-i), make([]pending, 0, len(keys)-i)
+			n := len(keys) - i
+			rest, restKeys, fill = make([]K, 0, n), make([]string, 0, n), make([]pending, 0, n)
 		}
 		tok, at := s.near.begin(key)
-		rest, fill = append(rest, k), append(fill, pending{k, key, tok, at})
+		rest, restKeys, fill = append(rest, k), append(restKeys, key), append(fill, pending{k, key, tok, at})
 	}
 	if len(rest) == 0 {
 		return out, nil
 	}
 	// The keys read from memcached are not in out yet, so what getManyInto
 	// adds (or removes) is theirs.
-	if err := s.getManyInto(ctx, rest, out); err != nil {
+	if err := s.getManyInto(ctx, rest, restKeys, out); err != nil {
 		return nil, err
 	}
 	for _, f := range fill {
@@ -87,14 +90,15 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 // getMany is GetMany without the hooks.
 func (s *Store[T, K]) getMany(ctx context.Context, keys []K) (map[K]T, error) {
 	out := make(map[K]T, len(keys))
-	if err := s.getManyInto(ctx, keys, out); err != nil {
+	if err := s.getManyInto(ctx, keys, nil, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// getManyInto is getMany adding the rows to out, which holds none of keys.
-func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, out map[K]T) error {
+// getManyInto is getMany adding the rows to out, which holds none of keys;
+// ckeys are their cache keys if the caller built them, else nil.
+func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string, out map[K]T) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -104,10 +108,12 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, out map[K]T) er
 	// Duplicates are harmless on the hit path (GetMulti answers a key once);
 	// they are dropped from the misses below, before leases and SQL.
 	uniq := keys
-	kb := s.gen.Builder(s.c)
-	ckeys := make([]string, len(keys))
-	for i, k := range keys {
-		ckeys[i] = s.keyWith(kb, k)
+	if ckeys == nil {
+		kb := s.gen.Builder(s.c)
+		ckeys = make([]string, len(keys))
+		for i, k := range keys {
+			ckeys[i] = s.keyWith(kb, k)
+		}
 	}
 
 	// Over a fleet, keys whose server's breaker is open are read from the

@@ -474,3 +474,26 @@ func TestNearNotifiesInBatches(t *testing.T) {
 	})
 	t.Logf("%d writers, %d statements", writers, db.n.Load())
 }
+
+// A write that learns its row is gone (deleted behind the store's back)
+// drops the key from the near-cache too, not only from memcached: no later
+// read of the process returns the row it just learnt is gone.
+func TestNearCacheForgetsWhatAWriteLearnt(t *testing.T) {
+	e := newEnv(t)
+	e.insertProduct(t, 7, "seven", 100)
+	o := e.Opts(nil)
+	o.Near = newNear(t, e, time.Hour, true, "near-learnt")
+	s := e.products(t, o)
+	for range 2 { // the second read is a near-cache hit
+		if _, err := s.Get(ctx, 7); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Exec(t, `DELETE FROM products WHERE id = 7`)
+	if _, err := s.Update(ctx, 7, func(p *Product) error { p.Name = "x"; return nil }); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("Update of a row deleted behind the store's back: %v, want ErrNotFound", err)
+	}
+	if p, err := s.Get(ctx, 7); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("a read after Update learnt the row is gone: %+v, %v; want ErrNotFound", p, err)
+	}
+}

@@ -68,7 +68,7 @@ func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func(bool)
 		case isUniqueViolation(err):
 			// The caller learns the row exists, and a concurrent inserter
 			// may not have reached the cache yet.
-			s.c.Invalidate(ctx, key)
+			s.invalidate(ctx, key)
 		}
 		return row, err
 	}
@@ -110,7 +110,7 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 	row, err := pgx.CollectOneRow(rows, s.t.scan)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The caller learns the row is gone: see delete.
-		s.c.Invalidate(ctx, key)
+		s.invalidate(ctx, key)
 		return zero, ErrNotFound
 	}
 	if err != nil {
@@ -119,7 +119,7 @@ func (s *Store[T, K]) update(ctx context.Context, db DB, after func(func(bool)),
 	if err := mutate(&row); err != nil {
 		// mutate saw the row as committed; a writer that committed it may
 		// not have reached the cache yet, so bring the cache up to it.
-		s.writeThrough(ctx, key, &row, s.versionOf(&row))
+		s.afterCommit(ctx, key, &row, s.versionOf(&row), 0)
 		return zero, err
 	}
 	if s.t.keyOf(&row) != k {
@@ -191,7 +191,7 @@ func (s *Store[T, K]) replace(ctx context.Context, db DB, after func(func(bool))
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		// The caller learns the row is gone: see delete.
-		s.c.Invalidate(ctx, key)
+		s.invalidate(ctx, key)
 		return row, ErrNotFound
 	case err != nil:
 		if ambiguous(err) { // see writeRow
@@ -231,7 +231,7 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)),
 		// Another writer deleted the row and may not have reached the cache
 		// yet. The caller now knows the row is gone, so no later read may
 		// return it: delete the key (a later fill runs under a lease).
-		s.c.Invalidate(ctx, key)
+		s.invalidate(ctx, key)
 		return s.opErr(observe.OpDelete, k, ErrNotFound)
 	}
 	if err != nil {
@@ -343,12 +343,20 @@ func ambiguous(err error) bool {
 // Options.WriteTimeout later (no fill from before a late commit outlives
 // it). The write's outbox row, if it committed, is replayed too.
 func (s *Store[T, K]) unsure(ctx context.Context, key string) {
+	s.invalidate(ctx, key)
+	if d := s.writeTimeout; d > 0 {
+		ctx := context.WithoutCancel(ctx)
+		time.AfterFunc(d, func() { s.invalidate(ctx, key) })
+	}
+}
+
+// invalidate deletes key from memcached and from the near-caches (this
+// process's at once, the others' by NOTIFY), for a caller that has just
+// learnt that the row changed or may have: no later read may return the
+// row it replaced, from either cache.
+func (s *Store[T, K]) invalidate(ctx context.Context, key string) {
 	s.c.Invalidate(ctx, key)
 	if s.near != nil {
 		s.near.written(ctx, key)
-	}
-	if d := s.writeTimeout; d > 0 {
-		ctx := context.WithoutCancel(ctx)
-		time.AfterFunc(d, func() { s.c.Invalidate(ctx, key) })
 	}
 }

@@ -436,12 +436,19 @@ func (c *Client) getWithTTL(key string) (*memcache.Item, int64, error) {
 	}
 	if !bytes.HasPrefix(line, []byte("VA ")) {
 		err := replyErr(line)
-		c.put(mc)
+		switch {
+		case errors.Is(err, memcache.ErrServerError) || isClientErr(err):
+			c.put(mc) // an answer of one line: the connection is in step
+		default: // no meta protocol, or a reply out of step
+			if errors.Is(err, ErrNoMeta) {
+				c.noMeta.Store(true)
+			}
+			mc.nc.Close()
+		}
 		return nil, 0, err
 	}
 	h, ok := parseVA(line)
-	ttl, okTTL := ttlToken(line)
-	if !ok || !okTTL {
+	if !ok || !h.hasTTL {
 		mc.nc.Close()
 		return nil, 0, fmt.Errorf("memclient: malformed response %q", line)
 	}
@@ -450,16 +457,5 @@ func (c *Client) getWithTTL(key string) (*memcache.Item, int64, error) {
 		return nil, 0, err
 	}
 	c.put(mc)
-	return it, ttl, nil
-}
-
-// ttlToken returns the "t<seconds>" token of a "VA <size> <flags>*" line.
-func ttlToken(line []byte) (int64, bool) {
-	for _, f := range bytes.Fields(line[3:]) {
-		if f[0] == 't' {
-			n, err := strconv.ParseInt(string(f[1:]), 10, 64)
-			return n, err == nil
-		}
-	}
-	return 0, false
+	return it, h.ttl, nil
 }

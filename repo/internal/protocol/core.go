@@ -312,7 +312,7 @@ func (c *Core) notInvalidated(ctx context.Context, step observe.Step, key string
 // connections cut with it.
 func (c *Core) Get(key string) (*memcache.Item, *memclient.Lease, error) {
 	if c.meta != nil {
-		it, l, err := c.metaGet(key)
+		it, l, err := c.metaGet(key, true)
 		if !errors.Is(err, memclient.ErrNoMeta) {
 			return it, l, err
 		}
@@ -321,8 +321,10 @@ func (c *Core) Get(key string) (*memcache.Item, *memclient.Lease, error) {
 	return it, nil, err
 }
 
-func (c *Core) metaGet(key string) (it *memcache.Item, l *memclient.Lease, err error) {
-	if c.early != nil {
+// metaGet is Get's lease-taking read; early asks for the early refresh too
+// (with EarlyRefresh), for a caller that will make it if it wins.
+func (c *Core) metaGet(key string, early bool) (it *memcache.Item, l *memclient.Lease, err error) {
+	if early && c.early != nil {
 		it, l, err = c.early.LeaseGetEarly(key, c.Expiry(c.Opt.LeaseTTL, false), int32(c.Opt.EarlyRefresh/time.Second))
 	} else {
 		it, l, err = c.meta.LeaseGet(key, c.Expiry(c.Opt.LeaseTTL, false))

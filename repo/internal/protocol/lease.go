@@ -282,11 +282,9 @@ func (c *Core) take(key string, poll bool) (lease, *memcache.Item, error) {
 		if l := c.handed(key, nil); l != nil {
 			return metaFill{c, l}, nil, nil
 		}
-		it, l, err := c.metaGet(key)
-		if l != nil && l.Refresh() { // a hit, whose early refresh the caller need not make
-			l.Release()
-			return nil, it, nil
-		}
+		// Not the early read: a poll that won a hit's refresh would have
+		// to give the win up, and memcached gives it to nobody else.
+		it, l, err := c.metaGet(key, false)
 		if l != nil {
 			return metaFill{c, l}, nil, nil
 		}
