@@ -12,12 +12,15 @@ MEMCACHED_INSTALL := apt-get update && apt-get install -y memcached nutcracker
 ADAPTERS := repo/repootel
 
 ## test: run all tests with the race detector, the adapters' modules included
-## (installs memcached and nutcracker if missing and root), then print the summary lines the
+## (installs memcached and nutcracker if missing and root), then the WAL invalidator's
+## 100,000-row benchmark once (wal-bench:), then print the summary lines the
 ## tests measured (consistency:, wal:, herd:, ...)
 test: check-memcached
 	@summary="$$(mktemp)"; rc=0; \
 	CACHEDREPO_SUMMARY="$$summary" $(GO) test -race -count=1 ./... || rc=$$?; \
 	for m in $(ADAPTERS); do [ $$rc = 0 ] || break; echo "== $$m"; (cd $$m && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || rc=$$?; done; \
+	if [ $$rc = 0 ]; then echo "== wal-bench (BenchmarkWALApply, once, without -race)"; \
+		CACHEDREPO_SUMMARY="$$summary" $(GO) test -count=1 -run='^$$' -bench='^BenchmarkWALApply$$' -benchtime=1x ./repo/invalidation || rc=$$?; fi; \
 	echo "== summary lines"; cat "$$summary"; rm -f "$$summary"; exit $$rc
 
 check-memcached:
