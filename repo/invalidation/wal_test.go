@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,7 +46,61 @@ type walRig struct {
 	board    *aggregate.Leaderboard
 	wal      *invalidation.WAL
 	stop     func()
-	markers  int64 // marker changes committed by applied
+	markerAt []int64   // row versions of the marker changes committed by applied
+	log      *applyLog // the changes applied (nil in benchmarks)
+}
+
+// applyLog records every change the invalidator applied, by table, key and
+// row version.
+type applyLog struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// loggedTarget is a Target whose applied changes are recorded in log.
+type loggedTarget struct {
+	invalidation.Target
+	log *applyLog
+}
+
+func changeID(table string, key []string, version int64) string {
+	return fmt.Sprintf("%s|%q|%d", table, key, version)
+}
+
+// wrap returns ts, each recording its applied changes in l.
+func (l *applyLog) wrap(ts []invalidation.Target) []invalidation.Target {
+	out := make([]invalidation.Target, len(ts))
+	for i, t := range ts {
+		out[i] = loggedTarget{Target: t, log: l}
+	}
+	return out
+}
+
+// WALApply applies cs and records them once they were applied.
+func (t loggedTarget) WALApply(ctx context.Context, cs []invalidation.Change) error {
+	if err := t.Target.WALApply(ctx, cs); err != nil {
+		return err
+	}
+	table, _, _ := t.WALTable()
+	t.log.mu.Lock()
+	defer t.log.mu.Unlock()
+	for _, c := range cs {
+		t.log.seen[changeID(table, c.Key, c.Version)] = true
+	}
+	return nil
+}
+
+// missing returns how many of the changes want were never applied.
+func (l *applyLog) missing(want []string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, id := range want {
+		if !l.seen[id] {
+			n++
+		}
+	}
+	return n
 }
 
 // slotName is a replication slot name of the test's own: slots are
@@ -56,12 +109,14 @@ func slotName(e *testenv.Env) string {
 	return "t_" + strings.NewReplacer("-", "_", ".", "_").Replace(strings.ToLower(e.NS))
 }
 
-func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig { return newWALRigTB(t, cfg) }
+// newWALRig returns a rig whose invalidator records every change it
+// applied (walRig.log).
+func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig { return newWALRigTB(t, cfg, true) }
 
-// newWALRigB is newWALRig for benchmarks.
-func newWALRigB(b *testing.B) *walRig { return newWALRigTB(b, invalidation.WALConfig{}) }
+// newWALRigB is newWALRig for benchmarks, without the record.
+func newWALRigB(b *testing.B) *walRig { return newWALRigTB(b, invalidation.WALConfig{}, false) }
 
-func newWALRigTB(t testing.TB, cfg invalidation.WALConfig) *walRig {
+func newWALRigTB(t testing.TB, cfg invalidation.WALConfig, record bool) *walRig {
 	t.Helper()
 	e := testenv.New(t)
 	r := &walRig{e: e}
@@ -85,6 +140,10 @@ func newWALRigTB(t testing.TB, cfg invalidation.WALConfig) *walRig {
 	cfg.ConnString = e.URL
 	cfg.Slot = slotName(e)
 	cfg.Targets = []invalidation.Target{r.products, r.stock, r.counter, r.board}
+	if record {
+		r.log = &applyLog{seen: map[string]bool{}}
+		cfg.Targets = r.log.wrap(cfg.Targets)
+	}
 	if cfg.StatusInterval == 0 {
 		cfg.StatusInterval = 100 * time.Millisecond
 	}
@@ -157,13 +216,14 @@ func (r *walRig) appliedB(t testing.TB) {
 	// The insert position read inside the marker's transaction is past every
 	// earlier commit and before the marker's own commit record.
 	var lsn string
+	var version int64
 	err := r.e.Pool.QueryRow(context.Background(), `WITH m AS (INSERT INTO counters (name) VALUES ('wal-marker')
-		ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING 1)
-		SELECT pg_current_wal_insert_lsn()::text FROM m`).Scan(&lsn)
+		ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING version)
+		SELECT pg_current_wal_insert_lsn()::text, version FROM m`).Scan(&lsn, &version)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.markers++
+	r.markerAt = append(r.markerAt, version)
 	waitFor(t, "the invalidator to pass "+lsn, func() bool {
 		var done bool
 		err := r.e.Pool.QueryRow(context.Background(), `SELECT $1::pg_lsn < $2::pg_lsn`, lsn, r.wal.Stats().ConfirmedLSN).Scan(&done)
@@ -253,7 +313,7 @@ func TestWALBehindTheBack(t *testing.T) {
 	if st.Ignored == 0 || st.Truncates != 1 || st.Changes < 7 {
 		t.Fatalf("stats %+v: want ignored changes, one truncate, at least 7 changes", st)
 	}
-	testenv.Summaryf("wal: behind-back changes=%d ignored=%d truncates=%d lag_p50_ms=%.1f lag_p99_ms=%.1f\n",
+	testenv.Summaryf("wal-faults: behind-back changes=%d ignored=%d truncates=%d lag_p50_ms=%.1f lag_p99_ms=%.1f\n",
 		st.Changes, st.Ignored, st.Truncates, ms(st.LagP50), ms(st.LagP99))
 }
 
@@ -381,21 +441,32 @@ func TestWALUnderLoad(t *testing.T) {
 	r := newWALRig(t, invalidation.WALConfig{})
 	e := r.e
 	const keys = 20
+	// want is every committed row change, by key and row version: the
+	// inserts, each acknowledged UPDATE, and the markers of applied.
+	var wantMu sync.Mutex
+	var want []string
 	for i := 1; i <= keys; i++ {
-		e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'p', 1, 0)`, i, fmt.Sprint("A", i))
+		var v int64
+		if err := e.Pool.QueryRow(context.Background(), `INSERT INTO products (id, article_number, name, category_id, price_cents)
+			VALUES ($1, $2, 'p', 1, 0) RETURNING version`, i, fmt.Sprint("A", i)).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, changeID("products", []string{fmt.Sprint(i)}, v))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
-	var writes atomic.Int64 // committed UPDATEs
 	for w := range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for n := 0; ctx.Err() == nil; n++ {
 				id := 1 + (w*7+n)%keys
-				if _, err := e.Pool.Exec(ctx, `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1`, id); err == nil {
-					writes.Add(1)
+				var v int64
+				if err := e.Pool.QueryRow(ctx, `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1 RETURNING version`, id).Scan(&v); err == nil {
+					wantMu.Lock()
+					want = append(want, changeID("products", []string{fmt.Sprint(id)}, v))
+					wantMu.Unlock()
 				}
 			}
 		}()
@@ -429,11 +500,14 @@ func TestWALUnderLoad(t *testing.T) {
 	}
 	st := r.wal.Stats()
 	slices.Sort(lagged)
-	// Every committed row change (the inserts, each acknowledged UPDATE and
-	// the markers of applied) must have been applied; a write whose Exec
-	// failed in transit may still have committed, so applied changes may
-	// exceed the count.
-	lost := max(0, keys+writes.Load()+r.markers-int64(st.Changes))
+	// Every committed row change must have been applied, each under its
+	// own key and version (a write whose statement failed in transit may
+	// still have committed: applied changes may exceed want, and do not
+	// make up for missing ones).
+	for _, v := range r.markerAt {
+		want = append(want, changeID("counters", []string{"wal-marker"}, v))
+	}
+	lost := r.log.missing(want)
 	testenv.Summaryf("wal: changes=%d tables=%d stale_after_lag=%d lag_p50_ms=%.1f lag_p99_ms=%.1f lost=%d\n",
 		st.Changes, st.Tables, stale, ms(st.LagP50), ms(st.LagP99), lost)
 	if stale != 0 || lost != 0 || st.Tables != 2 { // products, and counters for the markers
