@@ -20,8 +20,15 @@ func (c *Counter) WALTable() (table string, key []string, version string) {
 }
 
 // WALApply deletes each changed counter's cached value if it is older than
-// the change.
+// the change. It first re-reads the table's key generation (as a Store's
+// WALApply does), so that after another process's InvalidateAll it deletes
+// the keys of the current generation, not those of the one this Counter
+// read up to a second ago.
 func (c *Counter) WALApply(ctx context.Context, changes []invalidation.Change) error {
+	kb, err := c.keys.Refresh(c.core)
+	if err != nil {
+		return c.opErr(observe.OpCounterAdd, "", err)
+	}
 	keys, versions := make([]string, 0, len(changes)), make([]int64, 0, len(changes))
 	at := make(map[string]int, len(changes))
 	for _, ch := range changes {
@@ -29,7 +36,7 @@ func (c *Counter) WALApply(ctx context.Context, changes []invalidation.Change) e
 		if ch.Deleted {
 			version = 0
 		}
-		keys, versions = invalidation.Coalesce(keys, versions, at, c.Key(ch.Key[0]), version)
+		keys, versions = invalidation.Coalesce(keys, versions, at, kb.Key(ch.Key[0]), version)
 	}
 	if err := c.core.DeleteOlderMany(ctx, keys, versions); err != nil {
 		return c.opErr(observe.OpCounterAdd, "", err)
@@ -49,8 +56,13 @@ func (lb *Leaderboard) WALTable() (table string, key []string, version string) {
 
 // WALApply deletes the cached list of every board whose scores changed
 // (the next Top rebuilds it under a lease); the list of one board is
-// deleted once however many of its rows changed.
+// deleted once however many of its rows changed. It first re-reads the
+// table's key generation, as Counter.WALApply does.
 func (lb *Leaderboard) WALApply(ctx context.Context, changes []invalidation.Change) error {
+	kb, err := lb.keys.Refresh(lb.core)
+	if err != nil {
+		return lb.opErr(observe.OpSubmit, "", "", err)
+	}
 	seen := map[string]bool{}
 	for _, ch := range changes {
 		board := ch.Key[0]
@@ -58,7 +70,7 @@ func (lb *Leaderboard) WALApply(ctx context.Context, changes []invalidation.Chan
 			continue
 		}
 		seen[board] = true
-		if err := lb.core.DeleteOlder(ctx, lb.Key(board), 0); err != nil {
+		if err := lb.core.DeleteOlder(ctx, kb.Key(board), 0); err != nil {
 			return lb.opErr(observe.OpSubmit, board, "", err)
 		}
 		lb.forget(board)

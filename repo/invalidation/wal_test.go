@@ -556,3 +556,62 @@ func TestWALReleasesUnrelatedWAL(t *testing.T) {
 		t.Fatalf("a change after the unrelated writes: %+v %v", p, err)
 	}
 }
+
+// The aggregates' WAL steps use the current key generation: after another
+// Counter or Leaderboard instance's InvalidateAll (a new generation, which
+// the invalidator's own instances would otherwise see up to a second
+// later), a counter and a score changed by SQL still drop the live entries
+// that the other instances filled under the new generation.
+func TestWALAggregatesReadTheGeneration(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	e := r.e
+	cache := aggregate.CacheConfig{Namespace: e.NS}
+	counter2, err := aggregate.NewCounter(e.Pool, e.MC, aggregate.CounterConfig{Cache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	board2, err := aggregate.NewLeaderboard(e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Cache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.counter.Add(ctx, "visitors", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.board.Submit(ctx, "b", "p1", 10); err != nil {
+		t.Fatal(err)
+	}
+	r.applied(t)
+	// The invalidator's instances read the generation now; the other
+	// instances bump it and fill their entries under the new one.
+	if _, err := r.counter.Get(ctx, "visitors"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.board.Top(ctx, "b", 3); err != nil {
+		t.Fatal(err)
+	}
+	oldCounterKey, oldBoardKey := r.counter.Key("visitors"), r.board.Key("b")
+	if err := counter2.InvalidateAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := board2.InvalidateAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if counter2.Key("visitors") == oldCounterKey || board2.Key("b") == oldBoardKey {
+		t.Fatal("InvalidateAll did not change the keys")
+	}
+	if n, err := counter2.Get(ctx, "visitors"); err != nil || n != 1 {
+		t.Fatalf("counter before the SQL change: %d %v", n, err)
+	}
+	if top, err := board2.Top(ctx, "b", 3); err != nil || len(top) != 1 || top[0].Score != 10 {
+		t.Fatalf("board before the SQL change: %+v %v", top, err)
+	}
+	e.Exec(t, `UPDATE counters SET value = 100 WHERE name = 'visitors'`)
+	e.Exec(t, `UPDATE scores SET score = 99 WHERE board = 'b'`)
+	r.applied(t)
+	if n, err := counter2.Get(ctx, "visitors"); err != nil || n != 100 {
+		t.Fatalf("counter after the invalidator: %d %v, want 100 (the entry of the new generation stayed)", n, err)
+	}
+	if top, err := board2.Top(ctx, "b", 3); err != nil || len(top) != 1 || top[0].Score != 99 {
+		t.Fatalf("board after the invalidator: %+v %v, want p1 at 99 (the entry of the new generation stayed)", top, err)
+	}
+}
