@@ -31,21 +31,10 @@ func runSweep(ctx context.Context, args []string, getenv func(string) string, st
 	if fs.NArg() > 0 {
 		return fmt.Errorf("sweep: unexpected arguments %q", fs.Args())
 	}
-	cfg, err := loadConfig(func(k string) string {
-		if k == envDatabaseURL { // the sweep does not read the database
-			return "unused"
-		}
-		return getenv(k)
-	})
+	cfg, err := migrationConfig("sweep", "the sweep", getenv, memclient.PhaseWriteBoth,
+		"run the sweep once every instance runs "+envMemcachedPhase+"=write-both, before any moves to fallback")
 	if err != nil {
-		return fmt.Errorf("sweep: %w", err)
-	}
-	if cfg.MemcachedNewAddrs == nil {
-		return fmt.Errorf("sweep: %s is not set: the sweep is a step of a migration to the server list it names", envMemcachedNewAddr)
-	}
-	if cfg.MemcachedPhase != memclient.PhaseWriteBoth {
-		return fmt.Errorf("sweep: %s=%s: run the sweep once every instance runs %s=write-both, before any moves to fallback",
-			envMemcachedPhase, cfg.MemcachedPhase, envMemcachedPhase)
+		return err
 	}
 	from, to, m, err := newMemcache(cfg, 4, time.Second)
 	if err != nil {
@@ -60,6 +49,31 @@ func runSweep(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return fmt.Errorf("sweep: %w (running it again is safe)", err)
 	}
-	fmt.Fprintf(stdout, "next: when adding a node, retail cache add-node -node host:port (pre-warm); then %s=fallback on every instance\n", envMemcachedPhase)
+	fmt.Fprintf(stdout, "next: retail cache add-node to pre-warm the new ring (optional; it needs every server of %s to answer); then %s=fallback on every instance\n", envMemcachedAddr, envMemcachedPhase)
 	return nil
+}
+
+// migrationConfig reads, for cmd (a step of a migration, named step in
+// messages), the configuration the service instances run with: loadConfig's
+// MEMCACHED_ADDR, MEMCACHED_NEW_ADDR, MEMCACHED_PHASE and CACHE_NAMESPACE
+// (DATABASE_URL is not needed). It fails unless a migration is configured in
+// phase, the one the instances must all run for the step; when is what the
+// error then says about running it.
+func migrationConfig(cmd, step string, getenv func(string) string, phase memclient.Phase, when string) (config, error) {
+	cfg, err := loadConfig(func(k string) string {
+		if k == envDatabaseURL { // the migration's steps do not read the database
+			return "unused"
+		}
+		return getenv(k)
+	})
+	if err != nil {
+		return cfg, fmt.Errorf("%s: %w", cmd, err)
+	}
+	if cfg.MemcachedNewAddrs == nil {
+		return cfg, fmt.Errorf("%s: %s is not set: %s is a step of a migration to the server list it names", cmd, envMemcachedNewAddr, step)
+	}
+	if cfg.MemcachedPhase != phase {
+		return cfg, fmt.Errorf("%s: %s=%s: %s", cmd, envMemcachedPhase, cfg.MemcachedPhase, when)
+	}
+	return cfg, nil
 }
