@@ -25,6 +25,9 @@
 //     read before the change). Without one, it deletes the entry.
 //   - A DELETE, and the old key of an UPDATE that changed the key, delete the
 //     entry (REPLICA IDENTITY DEFAULT sends the old key).
+//   - A change whose key the WAL does not carry invalidates the whole table
+//     (InvalidateAll, once per batch), and is counted (WALStats.Unkeyed):
+//     see the REPLICA IDENTITY item below.
 //   - TRUNCATE bumps the table's key generation (InvalidateAll).
 //   - Changes of tables in the publication that are no target are ignored
 //     and counted (WALStats.Ignored).
@@ -61,6 +64,19 @@
 //     EXECUTE FUNCTION cachedrepo_bump_version().
 //   - Keys of integer, string, bool or 16-byte UUID types (or structs of
 //     them); a change of another key type invalidates the whole table.
+//   - A Store's key columns covered by the table's REPLICA IDENTITY: the
+//     primary key by default, so a Store keyed on its table's primary key
+//     needs nothing more. The WAL carries of a DELETE's old row, and of an
+//     UPDATE's old key, only the replica identity's columns. For a Store
+//     keyed on other columns (a unique code beside a serial id), the
+//     invalidator cannot name the entry a DELETE removed, nor know whether an
+//     UPDATE changed the key; so every DELETE and UPDATE of such a table, and
+//     any change whose key column is NULL or an unchanged TOASTed value,
+//     invalidates the whole table (one InvalidateAll per batch, counted in
+//     WALStats.Unkeyed): correct, but every cached row of the table is then
+//     read again. Make the key the replica identity to keep changes keyed:
+//     ALTER TABLE codes REPLICA IDENTITY USING INDEX codes_code_key (a
+//     unique index on NOT NULL columns), or REPLICA IDENTITY FULL.
 //
 // # Retained WAL and lost slots
 //

@@ -25,7 +25,8 @@ type Target interface {
 // Change is one committed row change as the WAL gives it.
 type Change struct {
 	// Key holds the row's key columns in PostgreSQL's text format, in the
-	// order of WALTable's key (key columns are never NULL).
+	// order of WALTable's key. A change whose key columns the WAL does not
+	// carry is never passed on: the WAL calls InvalidateAll instead.
 	Key []string
 	// Version is the new row's version column, or 0 if the table has none
 	// or the change is a delete (a delete carries the old key only).

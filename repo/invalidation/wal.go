@@ -64,9 +64,9 @@ type WAL struct {
 	cfg     WALConfig
 	targets map[string][]*walTarget // by "schema.table"; a table may have several (row types of two releases)
 
-	changes, txns, ignored, truncates, invalidations atomic.Uint64
-	confirmed                                        atomic.Uint64 // LSN
-	holding                                          atomic.Bool
+	changes, txns, ignored, truncates, invalidations, unkeyed atomic.Uint64
+	confirmed                                                 atomic.Uint64 // LSN
+	holding                                                   atomic.Bool
 
 	lagMu sync.Mutex
 	lags  []time.Duration // the last lagWindow commit-to-cache lags
@@ -89,7 +89,8 @@ type WALStats struct {
 	Ignored       uint64        // row changes of tables that are not targets
 	Truncates     uint64        // TRUNCATEs applied (each an InvalidateAll)
 	Tables        int           // target tables that had changes
-	Invalidations uint64        // InvalidateAll calls of targets (TRUNCATE, a new or lost slot)
+	Invalidations uint64        // InvalidateAll calls of targets (TRUNCATE, Unkeyed changes, a new or lost slot)
+	Unkeyed       uint64        // row changes whose key the WAL did not carry (see the package doc), applied as an InvalidateAll of their table
 	ConfirmedLSN  string        // the last position confirmed to the server
 	Holding       bool          // this WAL holds the slot now
 	LagP50        time.Duration // commit to cache step, over the last 4096 transactions
@@ -136,7 +137,7 @@ func NewWAL(cfg WALConfig) (*WAL, error) {
 // Stats returns a snapshot of the WAL's counters.
 func (w *WAL) Stats() WALStats {
 	st := WALStats{Transactions: w.txns.Load(), Changes: w.changes.Load(), Ignored: w.ignored.Load(),
-		Truncates: w.truncates.Load(), Invalidations: w.invalidations.Load(),
+		Truncates: w.truncates.Load(), Invalidations: w.invalidations.Load(), Unkeyed: w.unkeyed.Load(),
 		ConfirmedLSN: pglogrepl.LSN(w.confirmed.Load()).String(), Holding: w.holding.Load()}
 	for _, ts := range w.targets {
 		for _, t := range ts {
@@ -338,7 +339,8 @@ type walTxn struct {
 	changes map[*walTarget][]Change
 	order   []*walTarget
 	trunc   []*walTarget
-	size    int // changes
+	unkeyed []*walTarget // a target per change whose key the WAL did not carry
+	size    int          // changes
 }
 
 func (tx *walTxn) add(t *walTarget, c Change) {
@@ -360,6 +362,7 @@ func (tx *walTxn) merge(o *walTxn) {
 		}
 	}
 	tx.trunc = append(tx.trunc, o.trunc...)
+	tx.unkeyed = append(tx.unkeyed, o.unkeyed...)
 }
 
 // stream receives transactions and applies them in batches: committed
@@ -468,7 +471,7 @@ func (w *WAL) stream(ctx context.Context, conn *pgconn.PgConn) error {
 				break
 			}
 			inTx = false
-			if tx.size > 0 || len(tx.trunc) > 0 {
+			if tx.size > 0 || len(tx.trunc) > 0 || len(tx.unkeyed) > 0 {
 				commits = append(commits, c.CommitTime)
 			}
 			if batchStart.IsZero() {
@@ -497,14 +500,14 @@ func (w *WAL) handle(m pglogrepl.Message, relations map[uint32]*pglogrepl.Relati
 	case *pglogrepl.BeginMessage:
 		*tx = walTxn{}
 	case *pglogrepl.InsertMessage:
-		w.change(relations, tx, m.RelationID, m.Tuple, false)
+		w.change(relations, tx, m.RelationID, m.Tuple, rowInserted)
 	case *pglogrepl.UpdateMessage:
 		if m.OldTuple != nil { // the key changed (or REPLICA IDENTITY FULL): the old key is gone
-			w.change(relations, tx, m.RelationID, m.OldTuple, true)
+			w.change(relations, tx, m.RelationID, m.OldTuple, rowOld)
 		}
-		w.change(relations, tx, m.RelationID, m.NewTuple, false)
+		w.change(relations, tx, m.RelationID, m.NewTuple, rowUpdated)
 	case *pglogrepl.DeleteMessage:
-		w.change(relations, tx, m.RelationID, m.OldTuple, true)
+		w.change(relations, tx, m.RelationID, m.OldTuple, rowOld)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			tx.trunc = append(tx.trunc, w.target(relations, id)...)
@@ -523,30 +526,70 @@ func (w *WAL) target(relations map[uint32]*pglogrepl.RelationMessage, id uint32)
 	return w.targets[r.Namespace+"."+r.RelationName]
 }
 
+// rowKind is what a tuple of a change is.
+type rowKind int
+
+const (
+	rowInserted rowKind = iota // an INSERT's new row
+	rowUpdated                 // an UPDATE's new row
+	rowOld                     // a DELETE's old row, or an UPDATE's old key
+)
+
 // change records one row change of the transaction for each target of its
-// table, if it has any.
-func (w *WAL) change(relations map[uint32]*pglogrepl.RelationMessage, tx *walTxn, id uint32, tuple *pglogrepl.TupleData, deleted bool) {
+// table, if it has any. A change whose key columns the tuple does not carry
+// (NULL, an unchanged TOASTed value, or not sent: the key is not in the
+// table's REPLICA IDENTITY), and an UPDATE of a table whose REPLICA
+// IDENTITY does not cover the key (it may have changed the key, and the old
+// one is not sent), cannot name the cached entry: it is recorded as
+// unkeyed, and its table is invalidated whole.
+func (w *WAL) change(relations map[uint32]*pglogrepl.RelationMessage, tx *walTxn, id uint32, tuple *pglogrepl.TupleData, kind rowKind) {
 	ts, r := w.target(relations, id), relations[id]
-	if len(ts) == 0 || tuple == nil {
+	if len(ts) == 0 {
 		w.ignored.Add(1)
 		return
 	}
 	for _, t := range ts {
-		c := Change{Key: make([]string, len(t.key)), Deleted: deleted}
+		c, ok := Change{Key: make([]string, len(t.key)), Deleted: kind == rowOld}, tuple != nil
+		if kind == rowUpdated && !identityCovers(r, t.key) {
+			ok = false
+		}
+		found := 0
 		for i, col := range r.Columns {
-			if i >= len(tuple.Columns) || tuple.Columns[i].DataType != 't' {
+			if !ok || i >= len(tuple.Columns) {
+				break
+			}
+			j := slices.Index(t.key, col.Name)
+			if tuple.Columns[i].DataType != pglogrepl.TupleDataTypeText {
+				ok = j < 0 // a key column without its value
 				continue
 			}
 			v := string(tuple.Columns[i].Data)
-			if j := slices.Index(t.key, col.Name); j >= 0 {
+			if j >= 0 {
 				c.Key[j] = v
+				found++
 			}
-			if !deleted && col.Name == t.version {
+			if kind != rowOld && col.Name == t.version {
 				c.Version, _ = strconv.ParseInt(v, 10, 64)
 			}
 		}
+		if !ok || found != len(t.key) {
+			tx.unkeyed = append(tx.unkeyed, t)
+			continue
+		}
 		tx.add(t, c)
 	}
+}
+
+// identityCovers reports whether every column of key is in the relation's
+// REPLICA IDENTITY (the columns the WAL sends of a row's old version).
+func identityCovers(r *pglogrepl.RelationMessage, key []string) bool {
+	n := 0
+	for _, col := range r.Columns {
+		if col.Flags&1 != 0 && slices.Contains(key, col.Name) {
+			n++
+		}
+	}
+	return n == len(key)
 }
 
 // apply runs a batch's cache steps, retrying (with RetryInterval pauses)
@@ -572,6 +615,21 @@ func (w *WAL) applyOnce(ctx context.Context, tx *walTxn) error {
 		w.truncates.Add(1)
 		w.invalidations.Add(1)
 	}
+	// The batch's changes without a key: one InvalidateAll per table, after
+	// their commits.
+	var done []*walTarget
+	for _, t := range tx.unkeyed {
+		if slices.Contains(done, t) {
+			continue
+		}
+		if err := t.t.InvalidateAll(ctx); err != nil {
+			return err
+		}
+		done = append(done, t)
+		w.invalidations.Add(1)
+	}
+	w.unkeyed.Add(uint64(len(tx.unkeyed)))
+	tx.unkeyed = nil
 	for _, t := range tx.order {
 		cs := tx.changes[t]
 		if err := t.t.WALApply(ctx, cs); err != nil {

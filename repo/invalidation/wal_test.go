@@ -615,3 +615,98 @@ func TestWALAggregatesReadTheGeneration(t *testing.T) {
 		t.Fatalf("board after the invalidator: %+v %v, want p1 at 99 (the entry of the new generation stayed)", top, err)
 	}
 }
+
+// switchTo stops the rig's invalidator and runs one over targets on the same
+// slot instead (it replays what the first did not confirm).
+func (r *walRig) switchTo(t *testing.T, targets ...invalidation.Target) {
+	t.Helper()
+	r.stop()
+	w, err := invalidation.NewWAL(invalidation.WALConfig{ConnString: r.e.URL, Slot: slotName(r.e), Targets: targets,
+		StatusInterval: 50 * time.Millisecond, RetryInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.wal, r.stop = w, r.run(t, w)
+	waitFor(t, "the new invalidator to hold the slot", func() bool { return w.Stats().Holding })
+}
+
+type coded struct {
+	ID   int64  `db:"id"`
+	Code string `db:"code"`
+	Name string `db:"name"`
+}
+
+// A store keyed on a column outside the table's REPLICA IDENTITY (the
+// primary key by default): a DELETE's old row carries only the primary
+// key, and an UPDATE may change the store's key without sending the old
+// one. Those changes invalidate the whole table (counted as Unkeyed)
+// instead of deleting a wrong key, so no deleted or re-keyed row stays
+// readable; once the key is the replica identity, changes are keyed again.
+func TestWALKeyOutsideReplicaIdentity(t *testing.T) {
+	r := newWALRig(t, invalidation.WALConfig{})
+	e := r.e
+	e.Exec(t, `CREATE TABLE codes (id bigint PRIMARY KEY, code text NOT NULL UNIQUE, name text NOT NULL)`)
+	codes, err := repo.New(e.Pool, e.MC, repo.Table[coded, string]{Name: "codes", Key: []string{"code"},
+		Columns: []string{"id", "code", "name"}}, e.Opts(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.switchTo(t, codes, r.counter)
+	e.Exec(t, `INSERT INTO codes VALUES (1, 'c1', 'one'), (2, 'c2', 'two'), (3, 'c3', 'three'), (4, 'c4', 'four')`)
+	r.applied(t)
+	get := func(code string) (coded, error) {
+		t.Helper()
+		return codes.Get(ctx, code)
+	}
+	for _, c := range []string{"c1", "c2", "c3", "c4"} {
+		if _, err := get(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := r.wal.Stats(); st.Unkeyed != 0 {
+		t.Fatalf("inserts carry every column, yet %d changes were unkeyed", st.Unkeyed)
+	}
+	inv := r.wal.Stats().Invalidations
+
+	e.Exec(t, `DELETE FROM codes WHERE code = 'c1'`)
+	r.applied(t)
+	if c, err := get("c1"); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("a deleted row keyed outside the replica identity is still served: %+v %v", c, err)
+	}
+	e.Exec(t, `UPDATE codes SET code = 'c2x' WHERE code = 'c2'`)
+	r.applied(t)
+	if c, err := get("c2"); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("the old key of a row re-keyed outside the replica identity is still served: %+v %v", c, err)
+	}
+	e.Exec(t, `UPDATE codes SET name = 'THREE' WHERE code = 'c3'`)
+	r.applied(t)
+	if c, err := get("c3"); err != nil || c.Name != "THREE" {
+		t.Fatalf("after an update: %+v %v", c, err)
+	}
+	st := r.wal.Stats()
+	if st.Unkeyed != 3 || st.Invalidations != inv+3 {
+		t.Fatalf("stats %+v: want 3 unkeyed changes, each batch one InvalidateAll (%d before)", st, inv)
+	}
+
+	// The store's key as the replica identity: changes are keyed again.
+	e.Exec(t, `ALTER TABLE codes REPLICA IDENTITY USING INDEX codes_code_key`)
+	for _, c := range []string{"c3", "c4"} {
+		if _, err := get(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Exec(t, `DELETE FROM codes WHERE code = 'c4'`)
+	e.Exec(t, `UPDATE codes SET code = 'c3x' WHERE code = 'c3'`)
+	r.applied(t)
+	for _, c := range []string{"c3", "c4"} {
+		if got, err := get(c); !errors.Is(err, repo.ErrNotFound) {
+			t.Fatalf("%s under REPLICA IDENTITY USING INDEX: %+v %v", c, got, err)
+		}
+	}
+	if c, err := get("c3x"); err != nil || c.Name != "THREE" {
+		t.Fatalf("the new key: %+v %v", c, err)
+	}
+	if st2 := r.wal.Stats(); st2.Unkeyed != st.Unkeyed || st2.Invalidations != st.Invalidations {
+		t.Fatalf("keyed changes invalidated the table: %+v, was %+v", st2, st)
+	}
+}
