@@ -108,8 +108,16 @@
 // a concurrent writer that got there first may not have updated the cache
 // yet, and no read after the call may contradict what the caller was told.
 // A write of unknown outcome may also commit later, while the server still
-// runs it; so its key is deleted again Options.WriteTimeout later (set
-// statement_timeout no higher), and a fill made in between is gone by then.
+// runs it; so its key is deleted again Options.WriteTimeout later, and a fill
+// made in between is gone by then. The store bounds how long the server can
+// run it: Insert, Upsert, Replace and Delete on a pool or a connection go
+// out behind a local statement_timeout of WriteTimeout, in the same round
+// trip (one pipeline), so the server cancels the statement before the second
+// delete. (Update's statements run in its own transaction, which cannot
+// commit without its COMMIT; in InTx the caller's transaction and settings
+// stand, and over a DB that cannot send pipelines set statement_timeout no
+// higher than WriteTimeout yourself.) A statement still in flight in the
+// network when the store gave up starts its timeout when it arrives.
 //
 // One-way partitions. A store that fails to invalidate a key (its
 // write-through or delete did not reach memcached, while its reads still

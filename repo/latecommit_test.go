@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachedrepo/cachedrepo/repo"
@@ -35,29 +36,7 @@ func TestLateCommitOfAnUnknownOutcome(t *testing.T) {
 				t.Fatalf("warm: %+v %v", p, err)
 			}
 
-			// The writer's database link goes through a proxy we can stall.
-			u, err := url.Parse(e.URL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			px := newProxy(t, u.Host)
-			u.Host = px.Addr()
-			cfg, err := pgxpool.ParseConfig(u.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg.MaxConns = 1
-			wpool, err := pgxpool.NewWithConfig(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(wpool.Close)
-			o := e.Opts(nil)
-			o.WriteTimeout = tc.writeTimeout
-			writer, err := repo.New(wpool, e.MC, productTable, o)
-			if err != nil {
-				t.Fatal(err)
-			}
+			writer, px, _ := stallableWriter(t, e, tc.writeTimeout, nil)
 			if _, err := writer.Get(ctx, 1); err != nil { // the writer's connection is open
 				t.Fatal(err)
 			}
@@ -121,4 +100,96 @@ func TestLateCommitOfAnUnknownOutcome(t *testing.T) {
 			px.Heal()
 		})
 	}
+}
+
+// The store sets statement_timeout (Options.WriteTimeout) on its own
+// single-statement writes, in the same round trip: a Delete blocked on a row
+// lock for longer is cancelled by the server, so it cannot commit after the
+// store's second delete. Over a stalled link the same holds: the lock's
+// holder commits after WriteTimeout and the row survives. The connection's
+// own statement_timeout is untouched afterwards.
+func TestWriteTimeoutBoundsTheStatement(t *testing.T) {
+	e := newEnv(t)
+	e.insertProduct(t, 1, "kept", 100)
+	const writeTimeout = 400 * time.Millisecond
+	writer, px, wpool := stallableWriter(t, e, writeTimeout, map[string]string{"statement_timeout": "10s"})
+	lock, err := e.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `SELECT 1 FROM products WHERE id = 1 FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+
+	// A caller that waits: the server cancels the statement.
+	start := time.Now()
+	err = writer.Delete(ctx, 1)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "57014" {
+		t.Fatalf("Delete blocked past WriteTimeout: %v, want the server's statement timeout (57014)", err)
+	}
+	if d := time.Since(start); d < writeTimeout || d > writeTimeout+2*time.Second {
+		t.Fatalf("statement cancelled after %v, want about %v", d, writeTimeout)
+	}
+	var st string
+	if err := wpool.QueryRow(ctx, `SHOW statement_timeout`).Scan(&st); err != nil || st != "10s" {
+		t.Fatalf("the connection's statement_timeout after the write: %q %v, want its own 10s", st, err)
+	}
+
+	// A caller that gives up over a stalled link: the statement is still
+	// cancelled by the server, and the holder's commit after WriteTimeout
+	// finds no delete waiting behind it.
+	dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- writer.Delete(dctx, 1) }()
+	e.WaitForLockWait(t)
+	px.Partition()
+	if err := <-done; err == nil {
+		t.Fatal("Delete over a stalled link succeeded")
+	}
+	time.Sleep(writeTimeout + 300*time.Millisecond)
+	if err := lock.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	var n int
+	if err := e.Pool.QueryRow(ctx, `SELECT count(*) FROM products WHERE id = 1`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("rows after the late holder's commit: %d %v, want the row kept (the DELETE was cancelled)", n, err)
+	}
+	px.Heal()
+}
+
+// stallableWriter returns a store over a one-connection pool whose database
+// link goes through a proxy the test can stall, with Options.WriteTimeout
+// writeTimeout and the pool's connections started with params.
+func stallableWriter(t *testing.T, e *env, writeTimeout time.Duration, params map[string]string) (*repo.Store[Product, int64], *proxy, *pgxpool.Pool) {
+	t.Helper()
+	u, err := url.Parse(e.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := newProxy(t, u.Host)
+	u.Host = px.Addr()
+	cfg, err := pgxpool.ParseConfig(u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	for k, v := range params {
+		cfg.ConnConfig.RuntimeParams[k] = v
+	}
+	wpool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(wpool.Close)
+	o := e.Opts(nil)
+	o.WriteTimeout = writeTimeout
+	writer, err := repo.New(wpool, e.MC, productTable, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writer, px, wpool
 }

@@ -101,13 +101,16 @@ type Options struct {
 	BreakerCooldown time.Duration
 
 	// WriteTimeout is the longest one of the store's write statements may
-	// still run on the server after the store gave up on it (a connection
-	// that stalled or failed before the answer came): set statement_timeout
-	// (for the role, the database or the pool) no higher. A write whose
-	// outcome is unknown deletes its key at once and again WriteTimeout
-	// later, so a statement that commits late leaves no stale entry beyond
-	// that bound (the WAL invalidator, where it runs, repairs it within its
-	// lag). Default 30s; negative means no second delete.
+	// run on the server: the store sends Insert, Upsert, Replace and Delete
+	// over a pool or a connection with a local statement_timeout of
+	// WriteTimeout, in the same round trip (over a DB that cannot send
+	// pipelines, set statement_timeout no higher yourself). A write whose
+	// outcome is unknown (a connection that stalled or failed before the
+	// answer came) deletes its key at once and again WriteTimeout later, so
+	// a statement that commits late leaves no stale entry beyond that bound
+	// (the WAL invalidator, where it runs, repairs it within its lag).
+	// Default 30s; negative means neither the statement_timeout nor the
+	// second delete.
 	WriteTimeout time.Duration
 
 	// Repairer, when set, is the invalidation outbox: every write records

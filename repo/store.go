@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,7 @@ type Store[T any, K comparable] struct {
 	w     writeSQL
 
 	writeTimeout time.Duration // Options.WriteTimeout
+	stmtTimeout  string        // statement_timeout of the store's own writes, in ms; "" for none
 	near         *NearCache    // Options.Near, or nil
 	nearFlat     bool          // T holds no references: the near-cache keeps rows, not their bytes
 
@@ -87,6 +89,9 @@ func New[T any, K comparable](db DB, cache Cache, table Table[T, K], opts *Optio
 	binary.LittleEndian.PutUint64(s.fp[:], cd.Fingerprint())
 	s.c.SetRepairAll(func(context.Context) error { return s.gen.Bump(s.c) })
 	s.writeTimeout = opts.writeTimeout()
+	if s.writeTimeout > 0 {
+		s.stmtTimeout = strconv.FormatInt(s.writeTimeout.Milliseconds(), 10)
+	}
 	if opts != nil {
 		s.near = opts.Near
 		s.nearFlat = flat(reflect.TypeFor[T]())

@@ -56,9 +56,12 @@ func (s *Store[T, K]) writeRow(ctx context.Context, db DB, after func(func(bool)
 	if s.w.outbox {
 		args = append(args, key)
 	}
-	rows, _ := db.Query(ctx, sql, args...)
 	var outboxID int64
-	row, err := pgx.CollectOneRow(rows, s.scanner(&outboxID))
+	var row T
+	err = s.writeOne(ctx, db, sql, args, func(rows pgx.Rows) (err error) {
+		row, err = pgx.CollectOneRow(rows, s.scanner(&outboxID))
+		return err
+	})
 	if err != nil {
 		switch {
 		case ambiguous(err):
@@ -149,9 +152,44 @@ func (s *Store[T, K]) overwrite(ctx context.Context, db DB, key string, keyArgs 
 		args = append(args, key)
 	}
 	var outboxID int64
-	rows, _ := db.Query(ctx, s.w.update, args...)
-	row, err := pgx.CollectOneRow(rows, s.scanner(&outboxID))
+	var row T
+	err := s.writeOne(ctx, db, s.w.update, args, func(rows pgx.Rows) (err error) {
+		row, err = pgx.CollectOneRow(rows, s.scanner(&outboxID))
+		return err
+	})
 	return row, outboxID, err
+}
+
+// batcher is a DB that sends pipelines (*pgxpool.Pool, *pgx.Conn).
+type batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// setStatementTimeout bounds the statements after it in the same implicit
+// transaction: a local set_config lasts until the pipeline's Sync, so the
+// connection keeps its own setting afterwards.
+const setStatementTimeout = "SELECT set_config('statement_timeout', $1, true)"
+
+// writeOne runs sql, one of the store's single-statement writes, on db and
+// hands its rows to read. On a DB that sends pipelines and is not a
+// transaction (a pool or a connection), the statement goes out behind
+// setStatementTimeout in the same round trip, with Options.WriteTimeout: the
+// server cancels it once it has run that long, so it cannot commit later,
+// and unsure's second delete, WriteTimeout after the store gave up, comes
+// after any late commit. In a transaction (InTx's, Update's, or a pgx.Tx
+// given as the store's DB) the statement cannot commit before the
+// transaction does, and the transaction's settings stand.
+func (s *Store[T, K]) writeOne(ctx context.Context, db DB, sql string, args []any, read func(pgx.Rows) error) error {
+	if bd, ok := db.(batcher); ok && s.stmtTimeout != "" {
+		if _, tx := db.(pgx.Tx); !tx {
+			b := &pgx.Batch{}
+			b.Queue(setStatementTimeout, s.stmtTimeout)
+			b.Queue(sql, args...).Query(read)
+			return bd.SendBatch(ctx, b).Close()
+		}
+	}
+	rows, _ := db.Query(ctx, sql, args...)
+	return read(rows)
 }
 
 // afterWrite schedules with after the cache update of a write that left
@@ -226,7 +264,10 @@ func (s *Store[T, K]) delete(ctx context.Context, db DB, after func(func(bool)),
 		args = append(args[:len(args):len(args)], key)
 		dsts = append(dsts, &outboxID)
 	}
-	err := db.QueryRow(ctx, s.w.delete, args...).Scan(dsts...)
+	err := s.writeOne(ctx, db, s.w.delete, args, func(rows pgx.Rows) error {
+		_, err := pgx.CollectOneRow(rows, func(r pgx.CollectableRow) (struct{}, error) { return struct{}{}, r.Scan(dsts...) })
+		return err
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Another writer deleted the row and may not have reached the cache
 		// yet. The caller now knows the row is gone, so no later read may
