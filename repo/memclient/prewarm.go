@@ -230,6 +230,8 @@ const prewarmLeaseTTL = 10
 // after Prewarm took the lease beats the fill, and one that reached it
 // before had reached the old owner too, where Prewarm reads it. A copy made
 // while writers still write to from alone may go stale.
+// Run Migration.Sweep first: an entry an earlier server list left on a new
+// owner counts as Present and stays.
 //
 // The moving keys (about a share of 1/len(to's servers) of them) are held in
 // memory between the listing and the copy. The first failure (a server that
