@@ -46,8 +46,9 @@ type walRig struct {
 	board    *aggregate.Leaderboard
 	wal      *invalidation.WAL
 	stop     func()
-	markerAt []int64   // row versions of the marker changes committed by applied
-	log      *applyLog // the changes applied (nil in benchmarks)
+	markerAt []int64               // row versions of the marker changes committed by applied
+	log      *applyLog             // the changes applied (nil in benchmarks)
+	targets  []invalidation.Target // the invalidator's (recording in log)
 }
 
 // applyLog records every change the invalidator applied, by table, key and
@@ -111,14 +112,18 @@ func slotName(e *testenv.Env) string {
 
 // newWALRig returns a rig whose invalidator records every change it
 // applied (walRig.log).
-func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig { return newWALRigTB(t, cfg, true) }
+func newWALRig(t *testing.T, cfg invalidation.WALConfig) *walRig {
+	return newWALRigOn(t, testenv.New(t), cfg, true)
+}
 
 // newWALRigB is newWALRig for benchmarks, without the record.
-func newWALRigB(b *testing.B) *walRig { return newWALRigTB(b, invalidation.WALConfig{}, false) }
+func newWALRigB(b *testing.B) *walRig {
+	return newWALRigOn(b, testenv.New(b), invalidation.WALConfig{}, false)
+}
 
-func newWALRigTB(t testing.TB, cfg invalidation.WALConfig, record bool) *walRig {
+// newWALRigOn is newWALRig over e.
+func newWALRigOn(t testing.TB, e *testenv.Env, cfg invalidation.WALConfig, record bool) *walRig {
 	t.Helper()
-	e := testenv.New(t)
 	r := &walRig{e: e}
 	var err error
 	o := e.Opts(nil)
@@ -144,6 +149,7 @@ func newWALRigTB(t testing.TB, cfg invalidation.WALConfig, record bool) *walRig 
 		r.log = &applyLog{seen: map[string]bool{}}
 		cfg.Targets = r.log.wrap(cfg.Targets)
 	}
+	r.targets = cfg.Targets
 	if cfg.StatusInterval == 0 {
 		cfg.StatusInterval = 100 * time.Millisecond
 	}
@@ -317,6 +323,98 @@ func TestWALBehindTheBack(t *testing.T) {
 		st.Changes, st.Ignored, st.Truncates, ms(st.LagP50), ms(st.LagP99))
 }
 
+// load is plain-SQL writers and store readers on the products 1..keys.
+type load struct {
+	r    *walRig
+	keys int
+	mu   sync.Mutex
+	want []string // every committed change, by key and row version
+}
+
+// newLoad inserts the products 1..keys.
+func (r *walRig) newLoad(t *testing.T, keys int) *load {
+	t.Helper()
+	l := &load{r: r, keys: keys}
+	for i := 1; i <= keys; i++ {
+		var v int64
+		if err := r.e.Pool.QueryRow(context.Background(), `INSERT INTO products (id, article_number, name, category_id, price_cents)
+			VALUES ($1, $2, 'p', 1, 0) RETURNING version`, i, fmt.Sprint("A", i)).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		l.committed(i, v)
+	}
+	return l
+}
+
+func (l *load) committed(id int, version int64) {
+	l.mu.Lock()
+	l.want = append(l.want, changeID("products", []string{fmt.Sprint(id)}, version))
+	l.mu.Unlock()
+}
+
+// run runs 4 writers (UPDATEs in plain SQL, behind the store's back) and 4
+// readers (Store.Get, filling the cache) until ctx ends. A write that
+// fails (the server restarting, say) is not counted and is tried again.
+func (l *load) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				id := 1 + (w*7+n)%l.keys
+				var v int64
+				if err := l.r.e.Pool.QueryRow(ctx, `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1 RETURNING version`, id).Scan(&v); err == nil {
+					l.committed(id, v)
+				} else {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+		}()
+	}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				_, _ = l.r.products.Get(ctx, int64(1+n%l.keys))
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// check waits until the invalidator has caught up and returns the keys whose
+// cached row differs from the database, and how many committed changes were
+// never applied, each under its own key and version (a write whose
+// statement failed in transit may still have committed: applied changes may
+// exceed want, and do not make up for missing ones). The markers of applied
+// count too.
+func (l *load) check(t *testing.T) (stale []int, lost int) {
+	t.Helper()
+	l.r.applied(t)
+	for i := 1; i <= l.keys; i++ {
+		var want int64
+		if err := l.r.e.Pool.QueryRow(context.Background(), `SELECT price_cents FROM products WHERE id = $1`, i).Scan(&want); err != nil {
+			t.Fatal(err)
+		}
+		p, err := l.r.products.Get(context.Background(), int64(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.PriceCents != want {
+			stale = append(stale, i)
+		}
+	}
+	l.mu.Lock()
+	want := slices.Clone(l.want)
+	l.mu.Unlock()
+	for _, v := range l.r.markerAt {
+		want = append(want, changeID("counters", []string{"wal-marker"}, v))
+	}
+	return stale, l.r.log.missing(want)
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // The store's write-through values survive the invalidator: a write's own
@@ -439,75 +537,14 @@ func TestWALStandbyTakesOver(t *testing.T) {
 // key equals the database.
 func TestWALUnderLoad(t *testing.T) {
 	r := newWALRig(t, invalidation.WALConfig{})
-	e := r.e
 	const keys = 20
-	// want is every committed row change, by key and row version: the
-	// inserts, each acknowledged UPDATE, and the markers of applied.
-	var wantMu sync.Mutex
-	var want []string
-	for i := 1; i <= keys; i++ {
-		var v int64
-		if err := e.Pool.QueryRow(context.Background(), `INSERT INTO products (id, article_number, name, category_id, price_cents)
-			VALUES ($1, $2, 'p', 1, 0) RETURNING version`, i, fmt.Sprint("A", i)).Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, changeID("products", []string{fmt.Sprint(i)}, v))
-	}
+	l := r.newLoad(t, keys)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				id := 1 + (w*7+n)%keys
-				var v int64
-				if err := e.Pool.QueryRow(ctx, `UPDATE products SET price_cents = price_cents + 1 WHERE id = $1 RETURNING version`, id).Scan(&v); err == nil {
-					wantMu.Lock()
-					want = append(want, changeID("products", []string{fmt.Sprint(id)}, v))
-					wantMu.Unlock()
-				}
-			}
-		}()
-	}
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				_, _ = r.products.Get(ctx, int64(1+n%keys))
-			}
-		}()
-	}
-	wg.Wait()
-	r.applied(t)
-	stale := 0
-	var lagged []int
-	for i := 1; i <= keys; i++ {
-		var want int64
-		if err := e.Pool.QueryRow(context.Background(), `SELECT price_cents FROM products WHERE id = $1`, i).Scan(&want); err != nil {
-			t.Fatal(err)
-		}
-		p, err := r.products.Get(context.Background(), int64(i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p.PriceCents != want {
-			stale++
-			lagged = append(lagged, i)
-		}
-	}
+	l.run(ctx)
+	lagged, lost := l.check(t)
+	stale := len(lagged)
 	st := r.wal.Stats()
-	slices.Sort(lagged)
-	// Every committed row change must have been applied, each under its
-	// own key and version (a write whose statement failed in transit may
-	// still have committed: applied changes may exceed want, and do not
-	// make up for missing ones).
-	for _, v := range r.markerAt {
-		want = append(want, changeID("counters", []string{"wal-marker"}, v))
-	}
-	lost := r.log.missing(want)
 	testenv.Summaryf("wal: changes=%d tables=%d stale_after_lag=%d lag_p50_ms=%.1f lag_p99_ms=%.1f lost=%d\n",
 		st.Changes, st.Tables, stale, ms(st.LagP50), ms(st.LagP99), lost)
 	if stale != 0 || lost != 0 || st.Tables != 2 { // products, and counters for the markers
