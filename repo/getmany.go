@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
@@ -26,7 +27,10 @@ import (
 // one pipeline per server (AddMulti, CompareAndSwapMulti); over other
 // caches they are one round trip per key. Keys leased by others are read
 // from the database without waiting. If the cache fails, everything is
-// read from the database.
+// read from the database. Over a memclient.Migration in its fallback phase,
+// misses of keys that moved are answered from the old ring as Get's are
+// (one more multi-get there, and lease adds for its misses), and copied to
+// the new ring through the new ring's leases.
 func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	ctx, end := s.c.Begin(ctx, observe.OpGetMany)
 	var out map[K]T
@@ -188,6 +192,7 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 	// Lease each missing key before reading, so a write that commits after our
 	// read replaces the lease and our fill is dropped.
 	tokens := make(map[int]uint64, len(missing))
+	primaryOnly := false // some keys have a fallback: fill on the primary ring alone
 	if cacheOK {
 		if err := ctx.Err(); err != nil {
 			return s.manyErr(err)
@@ -198,7 +203,8 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		}
 		// One pipeline of adds per server; a key held by another filler
 		// or a fresh write gets no token.
-		toks, err := s.c.AddLeases(lkeys)
+		toks, fallbacks, err := s.addLeases(lkeys)
+		primaryOnly = fallbacks
 		for j, i := range missing {
 			if toks[j] != 0 {
 				tokens[i] = toks[j]
@@ -210,18 +216,31 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		}
 	}
 
-	mk := make([]K, len(missing))
-	for j, i := range missing {
-		mk[j] = uniq[i]
+	// In a migration's fallback phase, the misses whose lease we took may
+	// be answered from the old ring (see fallbackMany); its leases and the
+	// other readers' it met there go once the fills below are done.
+	var fbr *fallbackRead
+	if cacheOK {
+		fbr = s.fallbackMany(ctx, missing, ckeys, uniq, tokens, out)
+		defer fbr.done(s.c)
+	}
+
+	mk := make([]K, 0, len(missing))
+	for _, i := range missing {
+		if fbr.copy(i) == nil {
+			mk = append(mk, uniq[i])
+		}
 	}
 	began := time.Now()
-	rows, err := s.selectMany(ctx, mk)
-	if err != nil {
-		s.releaseLeases(ckeys, tokens)
-		return s.manyErr(err)
-	}
-	for i := range rows {
-		out[s.t.keyOf(&rows[i])] = rows[i]
+	if len(mk) > 0 {
+		rows, err := s.selectMany(ctx, mk)
+		if err != nil {
+			s.releaseLeases(ckeys, tokens)
+			return s.manyErr(err)
+		}
+		for i := range rows {
+			out[s.t.keyOf(&rows[i])] = rows[i]
+		}
 	}
 	if !cacheOK {
 		for _, i := range missing {
@@ -250,7 +269,12 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		var value []byte
 		var flags uint32
 		var exp int32
-		if v, ok := out[uniq[i]]; ok {
+		if it := fbr.copy(i); it != nil { // the old ring's entry, as it is
+			value, flags, exp = it.Value, it.Flags, s.c.Expiry(s.c.Opt.TTL, true)
+			if kind, _, _, _ := protocol.OpenEnvelope(it.Flags, it.Value); kind == protocol.KindAbsent {
+				exp = s.c.Expiry(s.c.Opt.NegativeTTL, true)
+			}
+		} else if v, ok := out[uniq[i]]; ok {
 			value, flags = s.envelope(ctx, key, &v, s.versionOf(&v))
 			exp = s.c.Expiry(s.c.Opt.TTL, true)
 		} else {
@@ -264,7 +288,11 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		settle = append(settle, protocol.Settlement{Key: key, Token: tok, It: cur[key], Value: value, Flags: flags, Exp: exp})
 		settled = append(settled, i)
 	}
-	for j, it := range s.c.SettleMany(ctx, settle, began) {
+	settleMany := s.c.SettleMany
+	if primaryOnly {
+		settleMany = s.c.PrimarySettleMany
+	}
+	for j, it := range settleMany(ctx, settle, began) {
 		i := settled[j]
 		if it == nil {
 			continue
@@ -289,6 +317,165 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		}
 	}
 	return nil
+}
+
+// addLeases takes the leases of keys (Core.AddLeases), those of keys that
+// a migration's fallback ring may answer on the primary ring alone
+// (Core.PrimaryLeases), as Get takes them: a Migration's Add would first
+// delete the old ring's entry that fallbackMany is to read. primaryOnly
+// reports that some key has a fallback, so the fills go on the primary
+// ring alone too (Core.PrimarySettleMany).
+func (s *Store[T, K]) addLeases(keys []string) (tokens []uint64, primaryOnly bool, err error) {
+	var fbj []int // indexes of keys with a fallback
+	for j, k := range keys {
+		if s.c.Fallback(k) != nil {
+			fbj = append(fbj, j)
+		}
+	}
+	switch len(fbj) {
+	case 0:
+		tokens, err = s.c.AddLeases(keys)
+		return tokens, false, err
+	case len(keys):
+		tokens, err = s.c.PrimaryLeases(keys)
+		return tokens, true, err
+	}
+	fbKeys, rest := make([]string, 0, len(fbj)), make([]string, 0, len(keys)-len(fbj))
+	restj := make([]int, 0, len(keys)-len(fbj))
+	for j, k := range keys {
+		if len(fbKeys) < len(fbj) && fbj[len(fbKeys)] == j {
+			fbKeys = append(fbKeys, k)
+		} else {
+			rest, restj = append(rest, k), append(restj, j)
+		}
+	}
+	tokens = make([]uint64, len(keys))
+	ft, ferr := s.c.PrimaryLeases(fbKeys)
+	for n, j := range fbj {
+		tokens[j] = ft[n]
+	}
+	rt, rerr := s.c.AddLeases(rest)
+	for n, j := range restj {
+		tokens[j] = rt[n]
+	}
+	if ferr != nil {
+		return tokens, true, ferr
+	}
+	return tokens, true, rerr
+}
+
+// fallbackRead is what GetMany's misses found on the old ring of a
+// migration in its fallback phase (see fallbackMany). The nil
+// *fallbackRead found nothing.
+type fallbackRead struct {
+	fb     *memclient.Client
+	copied map[int]*memcache.Item // by index of the missing key: the old ring's entry, to copy to the new
+	keys   []string               // the old ring's leases taken
+	tokens []uint64
+	held   []*memcache.Item // other readers' leases met there, as read
+	drop   []string         // keys that held something by the time we tried their lease
+}
+
+// copy returns the old ring's entry for missing key i, to answer with and
+// copy to the new ring, or nil.
+func (f *fallbackRead) copy(i int) *memcache.Item {
+	if f == nil {
+		return nil
+	}
+	return f.copied[i]
+}
+
+// done releases the old ring's leases taken and deletes the other
+// readers' leases met there, once the database read and the fills are
+// done.
+func (f *fallbackRead) done(c *protocol.Core) {
+	if f != nil {
+		c.FallbackRelease(f.fb, f.keys, f.tokens, f.held, f.drop)
+	}
+}
+
+// fallbackMany is fromFallback for GetMany's misses whose lease it took on
+// the new ring (tokens), with one pipeline per server of the old ring
+// instead of a round trip per key, and without waiting for other readers'
+// leases (as GetMany never waits):
+//   - an entry of this row type there is the answer (a row goes into out)
+//     and is copied to the new ring through our lease with the other
+//     fills (copy), never by a blind set;
+//   - a miss there takes the old ring's lease too, held until the fills
+//     are done (done), so that no reader of the old ring fills it
+//     meanwhile with an older read;
+//   - another reader's lease there (or a key that held something by the
+//     time we tried its lease) is read from the database, and deleted
+//     there once the fills are done;
+//   - a key whose old server is unreachable (its breaker there open, or
+//     the read failing and tripping it), or holding another row type's
+//     entry or corrupt bytes, is read from the database under our lease
+//     alone, as Get's load does.
+//
+// It returns nil if no missing key has a fallback.
+func (s *Store[T, K]) fallbackMany(ctx context.Context, missing []int, ckeys []string, uniq []K, tokens map[int]uint64, out map[K]T) *fallbackRead {
+	var f *fallbackRead
+	var idx []int // missing keys to read from the old ring
+	var keys []string
+	for _, i := range missing {
+		if tokens[i] == 0 {
+			continue
+		}
+		key := ckeys[i]
+		fb := s.c.Fallback(key)
+		if fb == nil || (f != nil && fb != f.fb) || !s.c.FallbackAllowed(fb, key) {
+			continue
+		}
+		if f == nil {
+			f = &fallbackRead{fb: fb, copied: map[int]*memcache.Item{}}
+		}
+		idx, keys = append(idx, i), append(keys, key)
+	}
+	if f == nil {
+		return nil
+	}
+	items, err := s.c.FallbackGetMulti(f.fb, keys)
+	var lease []int // missing there: take the old ring's lease
+	for _, i := range idx {
+		key := ckeys[i]
+		it := items[key]
+		if it == nil {
+			if err == nil || s.c.FallbackAllowed(f.fb, key) { // a miss, not a failed server
+				lease = append(lease, i)
+			}
+			continue
+		}
+		if len(it.Value) == 0 && it.Flags == 0 { // an empty placeholder: another reader's lease
+			f.held = append(f.held, it)
+			continue
+		}
+		var v T
+		switch s.open(ctx, it, &v).kind {
+		case protocol.KindValue:
+			out[uniq[i]] = v
+			f.copied[i] = it
+		case protocol.KindAbsent:
+			f.copied[i] = it
+		case protocol.KindLease:
+			f.held = append(f.held, it)
+		}
+	}
+	if len(lease) > 0 {
+		lkeys := make([]string, len(lease))
+		for j, i := range lease {
+			lkeys[j] = ckeys[i]
+		}
+		toks, held := s.c.FallbackLeases(f.fb, lkeys)
+		for j, k := range lkeys {
+			switch {
+			case toks[j] != 0:
+				f.keys, f.tokens = append(f.keys, k), append(f.tokens, toks[j])
+			case held[j]:
+				f.drop = append(f.drop, k)
+			}
+		}
+	}
+	return f
 }
 
 func (s *Store[T, K]) manyErr(err error) error {

@@ -318,7 +318,7 @@ func (s *Store[T, K]) getCache(ctx context.Context, k K, key string) (v T, err e
 	}
 	if l != nil { // a miss, and the lease is ours
 		s.c.Miss(ctx, key)
-		if fb := s.c.Fallback(key); fb != nil {
+		if fb := s.c.Fallback(key); fb != nil && s.c.FallbackAllowed(fb, key) {
 			if v, err, ok := s.fromFallback(ctx, fb, k, key, l); ok {
 				return v, err
 			}
@@ -366,12 +366,14 @@ func (s *Store[T, K]) getCache(ctx context.Context, k K, key string) (v T, err e
 //     one ring, up to LeaseWait; then load, and delete that slow lease.
 //
 // ok is false when the old ring cannot help (unreachable, another row
-// type's entry): l is then still ours, for the caller's load.
+// type's entry): l is then still ours, for the caller's load. A read that
+// fails trips the breaker of key's server in the old ring, and while it is
+// open the caller does not call fromFallback (see Core.FallbackAllowed).
 func (s *Store[T, K]) fromFallback(ctx context.Context, fb *memclient.Client, k K, key string, l *memclient.Lease) (v T, err error, ok bool) {
 	deadline := time.Now().Add(s.c.Opt.LeaseWait)
 	backoff := time.Millisecond
 	for {
-		it, old, gerr := fb.LeaseGet(key, s.c.Expiry(s.c.Opt.LeaseTTL, false))
+		it, old, gerr := s.c.FallbackLeaseGet(fb, key)
 		switch {
 		case gerr != nil:
 			return v, nil, false
