@@ -43,10 +43,26 @@
 // the others retry every RetryInterval and take over when it is released.
 //
 // The bound: a change committed at time t is in the cache by t plus the lag
-// (WALStats.LagP50 and LagP99, commit time to cache step; a few
-// milliseconds on an idle machine, BenchmarkWALApply measures throughput),
-// as long as an invalidator runs and memcached answers. The stores' own
-// write-through stays: the WAL is the net under it, not a replacement.
+// (WALStats.LagP50 and LagP99, commit time to cache step), as long as an
+// invalidator runs and memcached answers. What sets it: PostgreSQL sends a
+// commit to the WAL sender once its WAL is flushed (at once with
+// synchronous_commit on; within wal_writer_delay with it off); the
+// invalidator then gathers committed transactions into a batch until no
+// message has waited for 1ms, the batch is 20ms old, or it holds 5,000
+// changes, whichever comes first; and the batch's cache step is one read of
+// each target's generation and two pipelined memcached round trips per
+// server. Measured by the package's tests on a 2-core machine under -race,
+// commit to cache step, over five runs: lag_p50_ms 26-65 and lag_p99_ms
+// 57-187 with four plain-SQL writers on 20 keys beside four store readers
+// (TestWALUnderLoad's "wal:" summary line), and 9-15 and 14-23 for the few
+// changes of TestWALBehindTheBack. The consistency checker (repo's
+// TestConsistencyEveryChange) holds every write it makes behind the stores'
+// backs to a bound of 1s (walLag), with room for a loaded machine, and finds
+// no read staler than that. While no invalidator holds the slot, changes
+// wait in it and a cached entry's TTL is the bound; while memcached does not
+// answer, the step is retried every RetryInterval and nothing is confirmed.
+// BenchmarkWALApply measures throughput. The stores' own write-through
+// stays: the WAL is the net under it, not a replacement.
 //
 // # What it needs
 //
