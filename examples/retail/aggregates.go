@@ -110,6 +110,12 @@ func (a *aggregates) seed(ctx context.Context, pool *pgxpool.Pool, out io.Writer
 		})); err != nil {
 		return fmt.Errorf("seeding board %s: %w", loadBoard, err)
 	}
+	// Like the catalogue's tables after their copy: planner statistics and a
+	// visibility map from the start, not after autovacuum's first round
+	// (until then Rank's lookup of a player could read the whole board).
+	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) scores, counters`); err != nil {
+		return fmt.Errorf("vacuum analyze: %w", err)
+	}
 	// Both aggregates changed behind the library's back: drop their cached
 	// state so the next read loads it from the tables. A failed delete is
 	// reported; the values expire by their TTL anyway.

@@ -200,8 +200,13 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 		// The players ahead are counted as two ranges of the (board,
 		// score DESC, player) index, which Postgres can read with an
 		// index-only scan; one condition with an OR could only be a
-		// filter over every row of the board.
-		rankSQL: "SELECT s.score, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score > s.score)" +
+		// filter over every row of the board. The player's own row is
+		// read with its version, which that index does not hold: else the
+		// planner reads the row through it too, index-only but over every
+		// entry of the board (player is its last column), which made the
+		// lookup cost more than the counts (2.8 ms against 1.7 ms per rank
+		// of a 10,000-player board, prepared).
+		rankSQL: "SELECT s.score, s.version, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score > s.score)" +
 			" + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score = s.score AND o.player < s.player)" +
 			" FROM " + t + " s WHERE s.board = $1 AND s.player = $2",
 	}
@@ -344,7 +349,8 @@ func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (_ Entry,
 	}
 	lb.core.DBRead()
 	e := Entry{Player: player}
-	err = lb.db.QueryRow(ctx, lb.rankSQL, board, player).Scan(&e.Score, &e.Rank)
+	var version int64 // read to keep the lookup on the primary key (see rankSQL)
+	err = lb.db.QueryRow(ctx, lb.rankSQL, board, player).Scan(&e.Score, &version, &e.Rank)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Entry{}, lb.opErr(observe.OpRank, board, player, repo.ErrNotFound)
 	}

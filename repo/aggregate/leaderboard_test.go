@@ -676,4 +676,31 @@ func TestRankBelowTheList(t *testing.T) {
 			t.Fatalf("Rank(%s) = %+v, %v; want %+v", player, got, err, want)
 		}
 	}
+
+	// The player's own row is found through the primary key, not by reading
+	// the board's whole rank index, in the generic plan a prepared
+	// statement ends up with too, and before the table was analyzed (right
+	// after a bulk load the planner chose the rank index).
+	conn, err := e.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, q := range []string{`SET plan_cache_mode = force_generic_plan`, `PREPARE rank_below AS ` + aggregate.RankSQL(lb)} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var plan []struct {
+		Plan struct {
+			NodeType  string `json:"Node Type"`
+			IndexName string `json:"Index Name"`
+		}
+	}
+	if err := conn.QueryRow(ctx, `EXPLAIN (FORMAT JSON) EXECUTE rank_below('big', 'p1')`).Scan(&plan); err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) != 1 || plan[0].Plan.IndexName != "scores_pkey" {
+		t.Fatalf("rank's lookup of the player's row: %+v, want a scan of scores_pkey", plan)
+	}
 }
