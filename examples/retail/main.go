@@ -11,7 +11,7 @@
 //	retail serve                   run the HTTP API (graceful shutdown on SIGINT/SIGTERM)
 //	retail load [-compare]         run the load test (and the report with -compare)
 //	retail invalidator             keep the cache in line with changes made by SQL (the WAL invalidator)
-//	retail cache add-node -node a  pre-warm a new memcached node before it joins MEMCACHED_ADDR
+//	retail cache add-node          pre-warm MEMCACHED_NEW_ADDR's new node (MEMCACHED_PHASE=write-both)
 //	retail cache sweep             delete stale entries of moving keys from MEMCACHED_NEW_ADDR
 //	retail healthcheck             exit 0 if the service at HTTP_ADDR is healthy
 //
@@ -50,7 +50,8 @@ commands:
   serve         run the HTTP API on HTTP_ADDR
   load          run the load generator; -compare runs it with CACHE=on and CACHE=off and writes a report
   invalidator   tail PostgreSQL's WAL and apply changes made behind the stores' backs to memcached
-  cache         cache operations: add-node -node host:port copies to a new memcached node the keys it will own;
+  cache         cache operations: add-node copies to the node MEMCACHED_NEW_ADDR adds the keys it will own
+                (instances in MEMCACHED_PHASE=write-both; -node host:port, optional, is checked against the list);
                 sweep deletes from MEMCACHED_NEW_ADDR the stale entries of keys a migration moves
   healthcheck   GET /healthz of the service on HTTP_ADDR (for container healthchecks)
 
