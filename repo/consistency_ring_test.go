@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -104,6 +105,37 @@ func (r *rolling) Invalidating(keys []string, change func(*memclient.Client) err
 }
 func (r *rolling) Fallback(key string) *memclient.Client { return r.cur().Fallback(key) }
 
+// ringSubject is a store of the ring checker: storeSubject, whose puts of
+// values ending in 1 or 3 use Update (and Upsert only if Update found no
+// row), and whose reads are a third of the time a GetMany of three keys
+// (manyGetter), so that Update and GetMany run under the migrations too.
+type ringSubject struct{ storeSubject }
+
+func (s ringSubject) put(ctx context.Context, key int64, value string) error {
+	if last := value[len(value)-1]; last != '1' && last != '3' {
+		return s.storeSubject.put(ctx, key, value)
+	}
+	_, err := s.s.Update(ctx, key, func(p *Product) error { p.Name = value; return nil })
+	if !errors.Is(err, repo.ErrNotFound) {
+		return err
+	}
+	p := Product{ID: key, ArticleNumber: fmt.Sprint("A", key), Name: value, CategoryID: 1}
+	_, err = s.s.Upsert(ctx, p)
+	return err
+}
+
+func (s ringSubject) getMany(ctx context.Context, keys []int64) (map[int64]string, error) {
+	rows, err := s.s.GetMany(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int64]string, len(rows))
+	for k, p := range rows {
+		out[k] = p.Name
+	}
+	return out, nil
+}
+
 // ringRun runs the checker over 4 memcached nodes while the server list
 // changes three times (a node added, a node removed, the whole pool moved)
 // and, with kill, nodes restart (losing what they held). Each change is a
@@ -113,14 +145,17 @@ func (r *rolling) Fallback(key string) *memclient.Client { return r.cur().Fallba
 // side by side, as in a rollout). With kill, a node is killed every 500ms,
 // and either restarted at once or after 300ms down. phases lists the phases a migration goes
 // through: all five, or a naive list that skips one (a control, checked for
-// stale reads only).
-func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs int, d time.Duration) (res ckResult, migrations int) {
+// stale reads only). keys is the number of rows the load reads and writes.
+// A control that names a phase in hold holds its instances half in that
+// phase and half in the one before for ringHold, in each migration, so that
+// the two run side by side long enough for what its skipped phase prevents
+// to happen.
+func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs, keys int, hold memclient.Phase, d time.Duration) (res ckResult, migrations int) {
 	t.Helper()
-	const instances, workers, keys = 4, 5, 24
+	const instances, workers = 4, 5
 	e := newEnv(t)
-	for k := int64(1); k <= keys; k++ {
-		e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES ($1, $2, 'init', 1, 0)`, k, fmt.Sprint("A", k))
-	}
+	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents)
+		SELECT k, 'A' || k, 'init', 1, 0 FROM generate_series(1, $1::int) k`, keys)
 	var nodes []*repotest.MemcachedProcess
 	var addrs []string
 	for range 4 {
@@ -149,7 +184,7 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs i
 			t.Fatal(err)
 		}
 		s, rep := newCkStore(t, newCkPool(t, e.URL, workers), r, e.NS)
-		movers, subjects, repairers, stores = append(movers, r.move), append(subjects, storeSubject{s}), append(repairers, rep), append(stores, s)
+		movers, subjects, repairers, stores = append(movers, r.move), append(subjects, ringSubject{storeSubject{s}}), append(repairers, rep), append(stores, s)
 	}
 	start := time.Now()
 	var workerProcs []*ckWorkerProc
@@ -188,7 +223,15 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs i
 	wg.Add(1)
 	go func() { // the server-list changes, phase by phase, instance by instance
 		defer wg.Done()
-		step := (d - time.Second) / time.Duration(3*len(phases)*instances)
+		budget := d - time.Second
+		if hold != 0 {
+			budget -= time.Duration(len(lists)-1) * ringHold
+		}
+		// The moves' mean total is 3/4 of budget over the phases after
+		// PhaseOld: the rest is for the sweeps and the worker processes'
+		// acks, which a loaded machine slows (with 1/1 of it, a run now and
+		// then ended before its third migration).
+		step := budget / time.Duration(4*len(phases)*instances)
 		for mi := 1; mi < len(lists); mi++ {
 			for _, p := range phases[1:] {
 				if p == memclient.PhaseFallback && phases[1] == memclient.PhaseWriteBoth {
@@ -212,7 +255,10 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs i
 						_ = sleep(rctx, 20*time.Millisecond)
 					}
 				}
-				for _, i := range rand.Perm(instances) {
+				for n, i := range rand.Perm(instances) {
+					if p == hold && n == instances/2 && sleep(rctx, ringHold) != nil {
+						return // half the instances in hold, half in the phase before, for ringHold
+					}
 					if sleep(rctx, time.Duration(rand.Int64N(int64(2*step)))) != nil {
 						return
 					}
@@ -295,7 +341,7 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs i
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k := int64(1); k <= keys; k++ {
+	for k := int64(1); k <= int64(keys); k++ {
 		var want string
 		err := e.Pool.QueryRow(ctx, `SELECT name FROM products WHERE id = $1`, k).Scan(&want)
 		if err != nil && !strings.Contains(err.Error(), "no rows") {
@@ -315,12 +361,18 @@ func ringRun(t *testing.T, phases []memclient.Phase, kill, control bool, procs i
 // migration through the five phases with the instances switching at
 // different moments, while nodes restart. No read may be stale (older than
 // a write acknowledged before it began), and the cache must equal the
-// database afterwards. The control skips PhaseWriteBoth: a writer of the
-// old phase leaves the new ring stale for a reader of the fallback phase.
-// (Skipping PhaseNewReads needs an entry on the old ring that no writer of
-// the fallback phase deleted; with this load's few hot keys there is none
-// by the time an instance reaches PhaseNew, so that control would prove
-// nothing here.) Linearizability is measured, not required: while
+// database afterwards. Two controls skip a phase each, and must show
+// stale reads. Skipping PhaseWriteBoth: a writer of the old phase leaves
+// the new ring stale for a reader of the fallback phase. Skipping
+// PhaseNewReads: a writer of the new phase changes only the new ring, so
+// an entry of the old ring that no writer of the fallback phase deleted
+// since the last instance left PhaseWriteBoth goes stale, and a reader of
+// the fallback phase that misses on the new ring (its node restarted, or
+// the key not read there yet) answers it. With the main run's 24 hot keys
+// every such entry is deleted within milliseconds, so this control runs
+// over 240 keys, and holds half its instances in PhaseNew beside the
+// others in PhaseFallback for ringHold per migration (about 20-40 stale
+// reads in 5s; none with 24 keys and no hold). Linearizability is measured, not required: while
 // instances of two phases read different rings, a write reaches the two
 // rings one after the other, so until it returns one instance may read the
 // new row (from the database, after the write invalidated its ring) while
@@ -332,9 +384,9 @@ func TestConsistencyRing(t *testing.T) {
 		t.Skip("this is a worker process of a consistency test")
 	}
 	all := []memclient.Phase{memclient.PhaseOld, memclient.PhaseWriteBoth, memclient.PhaseFallback, memclient.PhaseNewReads, memclient.PhaseNew}
-	r, migrations := ringRun(t, all, true, false, 2, consistencyDuration())
+	r, migrations := ringRun(t, all, true, false, 2, 24, 0, consistencyDuration())
 	violations := r.staleReads + r.cacheMismatches
-	testenv.Summaryf("consistency: protocol=store nodes=4 faults=node-kill,node-add,node-remove,migrate instances=4 processes=3 migrations=%d ops=%d faults=%d violations=%d stale_reads=%d cache_mismatches=%d nonlinearizable_keys_within_writes=%d unproven_keys=%d cache_errors=%d\n",
+	testenv.Summaryf("consistency: protocol=store nodes=4 faults=node-kill,node-add,node-remove,migrate,node-restart instances=4 processes=3 migrations=%d ops=%d faults=%d violations=%d stale_reads=%d cache_mismatches=%d nonlinearizable_keys_within_writes=%d unproven_keys=%d cache_errors=%d\n",
 		migrations, r.ops, r.faults, violations, r.staleReads, r.cacheMismatches, r.badKeys, r.unprovenKeys, r.cacheErrors)
 	if violations != 0 {
 		t.Fatalf("violations: %d stale reads, %d cache mismatches", r.staleReads, r.cacheMismatches)
@@ -345,18 +397,26 @@ func TestConsistencyRing(t *testing.T) {
 	for _, c := range []struct {
 		name   string
 		phases []memclient.Phase
+		keys   int
+		hold   memclient.Phase
+		d      time.Duration
 	}{
-		{"skip-write-both", []memclient.Phase{memclient.PhaseOld, memclient.PhaseFallback, memclient.PhaseNewReads, memclient.PhaseNew}},
+		{"skip-write-both", []memclient.Phase{memclient.PhaseOld, memclient.PhaseFallback, memclient.PhaseNewReads, memclient.PhaseNew}, 24, memclient.PhaseFallback, 5 * time.Second},
+		{"skip-new-reads", []memclient.Phase{memclient.PhaseOld, memclient.PhaseWriteBoth, memclient.PhaseFallback, memclient.PhaseNew}, 240, memclient.PhaseNew, 5 * time.Second},
 	} {
-		r, migrations := ringRun(t, c.phases, true, true, 0, 4*time.Second)
+		r, migrations := ringRun(t, c.phases, true, true, 0, c.keys, c.hold, c.d)
 		v := r.staleReads + r.badKeys
-		testenv.Summaryf("consistency: protocol=naive-%s nodes=4 faults=node-kill,node-add,node-remove,migrate instances=4 processes=1 migrations=%d ops=%d violations=%d stale_reads=%d\n",
+		testenv.Summaryf("consistency: protocol=naive-%s nodes=4 faults=node-kill,node-add,node-remove,migrate,node-restart instances=4 processes=1 migrations=%d ops=%d violations=%d stale_reads=%d\n",
 			c.name, migrations, r.ops, v, r.staleReads)
 		if v == 0 {
 			t.Errorf("control %s: the checker found nothing wrong with a migration that skips a phase", c.name)
 		}
 	}
 }
+
+// ringHold is how long a control's run holds its instances split between
+// the phase it names and the one before (see ringRun).
+const ringHold = 700 * time.Millisecond
 
 // More environment of a worker process of TestConsistencyRing.
 const (
@@ -441,7 +501,7 @@ func TestConsistencyRingWorker(t *testing.T) {
 	if err := sleep(rctx, time.Until(time.Unix(0, w.start))); err != nil {
 		t.Fatalf("worker %s: ready after the load's end", w.index)
 	}
-	history := runCkLoad(rctx, []subject{storeSubject{s}}, w.workers, w.keys, w.firstClient, w.prefix, w.now)
+	history := runCkLoad(rctx, []subject{ringSubject{storeSubject{s}}}, w.workers, w.keys, w.firstClient, w.prefix, w.now)
 	wg.Wait()
 	w.write(t, history, ckWorkerOut{CacheErrors: int64(s.Stats().CacheErrors)})
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -54,6 +55,13 @@ type subject interface {
 	get(ctx context.Context, key int64) (string, error)
 	put(ctx context.Context, key int64, value string) error
 	del(ctx context.Context, key int64) error
+}
+
+// manyGetter is a subject that can also read several keys in one call
+// (Store.GetMany): runCkLoad then makes a third of its reads that way, each
+// key's answer checked as a read of its own.
+type manyGetter interface {
+	getMany(ctx context.Context, keys []int64) (map[int64]string, error)
 }
 
 // errNoop is what a subject's write returns when it did nothing.
@@ -356,6 +364,10 @@ func runCkLoad(rctx context.Context, subjects []subject, workers, keys, firstCli
 					switch r := rand.IntN(100); {
 					case r < 70:
 						op.in.op = 'r'
+						if m, ok := sub.(manyGetter); ok && r%3 == 0 {
+							local = append(local, readMany(rctx, m, op, keys, now)...)
+							continue
+						}
 						op.out, err = sub.get(rctx, key)
 					case r < 95:
 						op.in = ckInput{'w', fmt.Sprintf("%sv%d", prefix, seq.Add(1))}
@@ -386,6 +398,28 @@ func runCkLoad(rctx context.Context, subjects []subject, workers, keys, firstCli
 	}
 	wg.Wait()
 	return history
+}
+
+// readMany reads op's key and two other random keys of 1..keys with one
+// getMany, returning a read per key (none if the call failed).
+func readMany(rctx context.Context, m manyGetter, op ckOp, keys int, now func() int64) []ckOp {
+	ks := []int64{op.key}
+	for len(ks) < min(3, keys) {
+		if k := int64(1 + rand.IntN(keys)); !slices.Contains(ks, k) {
+			ks = append(ks, k)
+		}
+	}
+	got, err := m.getMany(rctx, ks)
+	op.ret = now()
+	if err != nil {
+		return nil // a failed read says nothing
+	}
+	ops := make([]ckOp, len(ks))
+	for i, k := range ks {
+		ops[i] = op
+		ops[i].key, ops[i].out = k, got[k]
+	}
+	return ops
 }
 
 // check counts, per key of history, the stale reads and whether porcupine
