@@ -162,9 +162,19 @@ type multiStorer interface {
 // one pipeline per server; a fill that lost goes on as Settle's does (a
 // fresh read, up to its tries), and everything else settles one by one.
 func (c *Core) SettleMany(ctx context.Context, ss []Settlement, began time.Time) []*memcache.Item {
+	var cas func([]*memcache.Item) ([]error, error)
+	if ms, ok := c.raw.(multiStorer); ok {
+		cas = ms.CompareAndSwapMulti
+	}
+	return c.settleMany(ctx, ss, began, cas)
+}
+
+// settleMany is SettleMany with the fills of our own leases sent by cas
+// (nil: each key settles alone).
+func (c *Core) settleMany(ctx context.Context, ss []Settlement, began time.Time, cas func([]*memcache.Item) ([]error, error)) []*memcache.Item {
 	out := make([]*memcache.Item, len(ss))
 	done := make([]bool, len(ss))
-	if ms, ok := c.raw.(multiStorer); ok {
+	if cas != nil {
 		var batch []int
 		var items []*memcache.Item
 		for i, s := range ss {
@@ -176,7 +186,7 @@ func (c *Core) SettleMany(ctx context.Context, ss []Settlement, began time.Time)
 		}
 		var outs []error
 		if len(batch) > 0 {
-			outs, _ = ms.CompareAndSwapMulti(items) // nil without the meta protocol: each settles alone
+			outs, _ = cas(items) // nil without the meta protocol: each settles alone
 		}
 		if outs != nil {
 			for j, i := range batch {

@@ -10,7 +10,6 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/cachedrepo/cachedrepo/repo/memclient"
-	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
 // serverOf is the optional interface of a Cache that can say which server
@@ -253,56 +252,13 @@ func (c *Core) PrimarySettleMany(ctx context.Context, ss []Settlement, began tim
 	if !ok {
 		return c.SettleMany(ctx, ss, began)
 	}
-	var batch []int // indexes into ss of our own leases
-	var items []*memcache.Item
-	for i, s := range ss {
-		if s.Token != 0 && s.It != nil && ownLease(s.It, s.Token) {
-			it := *s.It
-			it.Value, it.Flags, it.Expiration = s.Value, s.Flags, s.Exp
-			batch, items = append(batch, i), append(items, &it)
-		}
-	}
-	var outs []error
-	if len(batch) > 0 {
+	return c.settleMany(ctx, ss, began, func(items []*memcache.Item) (outs []error, err error) {
 		_ = m.Invalidating(nil, func(p *memclient.Client) error { // no keys: the primary ring alone
-			outs, _ = p.CompareAndSwapMulti(items) // nil without the meta protocol: each settles below
+			outs, err = p.CompareAndSwapMulti(items)
 			return nil
 		})
-	}
-	out := make([]*memcache.Item, len(ss))
-	var rest []Settlement
-	var restIdx []int
-	for i, s := range ss {
-		if len(batch) > 0 && batch[0] == i && outs != nil {
-			o := outs[0]
-			batch, outs = batch[1:], outs[1:]
-			c.record(s.Key, o)
-			switch {
-			case o == nil:
-				c.filled(ctx, s.Key, began)
-				continue
-			case IsMiss(o): // deleted by a write (or evicted): nothing to settle
-				continue
-			case !IsLost(o):
-				c.CacheErr(ctx, observe.StepFill, s.Key, o)
-				continue
-			}
-			c.CASConflict(ctx, s.Key) // as Settle's first try: look again
-			it, err := c.Cache.Get(s.Key)
-			if err != nil {
-				if !IsMiss(err) {
-					c.CacheErr(ctx, observe.StepFill, s.Key, err)
-				}
-				continue
-			}
-			s.It = it
-		}
-		rest, restIdx = append(rest, s), append(restIdx, i)
-	}
-	for j, it := range c.SettleMany(ctx, rest, began) {
-		out[restIdx[j]] = it
-	}
-	return out
+		return outs, err
+	})
 }
 
 // leasesOn adds the leases of keys on cl in one pipeline per server,
