@@ -15,9 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/cachedrepo/cachedrepo/migrations"
 	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
@@ -175,22 +173,5 @@ func (s *ownPG) Restart(sig syscall.Signal) {
 // on the shared server, with the shared memcached.
 func (s *ownPG) env(t *testing.T) *testenv.Env {
 	t.Helper()
-	url := s.URL()
-	if err := migrations.Up(url); err != nil {
-		t.Fatalf("migrations.Up: %v", err)
-	}
-	pool, err := pgxpool.New(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	addr := repotest.Memcached(t)
-	mc, err := testenv.CacheClient(64, time.Second, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &testenv.Env{URL: url, Pool: pool, MC: mc, NS: repotest.Namespace(t), MCAddr: addr}
-	e.Exec(t, `INSERT INTO categories (id, name) VALUES (1, 'tools'), (2, 'garden')`)
-	e.Exec(t, `INSERT INTO stores (code, name, city) VALUES ('S001', 'North', 'Leeds'), ('S002', 'South', 'Bath')`)
-	return e
+	return testenv.NewAt(t, s.URL())
 }

@@ -39,7 +39,14 @@ type Env struct {
 // New returns the servers of one test; they are cleaned up with it.
 func New(t testing.TB) *Env {
 	t.Helper()
-	url := repotest.NewDatabase(t)
+	return NewAt(t, repotest.NewDatabase(t))
+}
+
+// NewAt is New over the database at url (a server of the test's own): the
+// library's migrations and the catalogue's seed rows, with the shared
+// memcached.
+func NewAt(t testing.TB, url string) *Env {
+	t.Helper()
 	if err := migrations.Up(url); err != nil {
 		t.Fatalf("migrations.Up: %v", err)
 	}
