@@ -121,17 +121,19 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 	}
 
 	// Over a fleet, keys whose server's breaker is open are read from the
-	// database (and, as below, nothing of this call is filled); the other
-	// servers' hits still answer.
+	// database, without leases or fills (see readAround); the other
+	// servers' keys are read, leased and filled as usual.
 	use, cacheOK := ckeys, true
+	var blocked []bool // by index into ckeys; nil if no key's server is open
 	for i, key := range ckeys {
 		if !s.c.AllowRead(key) {
-			if cacheOK {
-				use, cacheOK = append([]string(nil), ckeys[:i]...), false
+			if blocked == nil {
+				use, blocked = append([]string(nil), ckeys[:i]...), make([]bool, len(ckeys))
 			}
+			blocked[i] = true
 			continue
 		}
-		if !cacheOK {
+		if blocked != nil {
 			use = append(use, key)
 		}
 	}
@@ -188,24 +190,36 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 	for _, i := range missing {
 		s.c.Miss(ctx, ckeys[i])
 	}
+	// The misses this call leases and fills: all but the blocked servers'.
+	fill, around := missing, []int(nil)
+	if blocked != nil {
+		fill = make([]int, 0, len(missing))
+		for _, i := range missing {
+			if blocked[i] {
+				around = append(around, i)
+			} else {
+				fill = append(fill, i)
+			}
+		}
+	}
 
 	// Lease each missing key before reading, so a write that commits after our
 	// read replaces the lease and our fill is dropped.
-	tokens := make(map[int]uint64, len(missing))
+	tokens := make(map[int]uint64, len(fill))
 	primaryOnly := false // some keys have a fallback: fill on the primary ring alone
-	if cacheOK {
+	if cacheOK && len(fill) > 0 {
 		if err := ctx.Err(); err != nil {
 			return s.manyErr(err)
 		}
-		lkeys := make([]string, len(missing))
-		for j, i := range missing {
+		lkeys := make([]string, len(fill))
+		for j, i := range fill {
 			lkeys[j] = ckeys[i]
 		}
 		// One pipeline of adds per server; a key held by another filler
 		// or a fresh write gets no token.
 		toks, fallbacks, err := s.addLeases(lkeys)
 		primaryOnly = fallbacks
-		for j, i := range missing {
+		for j, i := range fill {
 			if toks[j] != 0 {
 				tokens[i] = toks[j]
 			}
@@ -221,7 +235,7 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 	// other readers' it met there go once the fills below are done.
 	var fbr *fallbackRead
 	if cacheOK {
-		fbr = s.fallbackMany(ctx, missing, ckeys, uniq, tokens, out)
+		fbr = s.fallbackMany(ctx, fill, ckeys, uniq, tokens, out)
 		defer fbr.done(s.c)
 	}
 
@@ -243,18 +257,21 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		}
 	}
 	if !cacheOK {
-		for _, i := range missing {
-			if s.c.Cheap(ckeys[i]) { // see readAround
-				_ = s.c.Cache.Delete(ckeys[i])
-			}
+		around, fill = missing, nil
+	}
+	for _, i := range around {
+		if s.c.Cheap(ckeys[i]) { // see readAround
+			_ = s.c.Cache.Delete(ckeys[i])
 		}
+	}
+	if len(fill) == 0 {
 		return nil
 	}
 
 	// Settle every key read from the database (see protocol.Core.Settle): fill our
 	// leases, and where someone else's value is there now, answer with it.
-	mkeys := make([]string, len(missing))
-	for j, i := range missing {
+	mkeys := make([]string, len(fill))
+	for j, i := range fill {
 		mkeys[j] = ckeys[i]
 	}
 	cur, err := s.c.GetMulti(mkeys)
@@ -262,9 +279,9 @@ func (s *Store[T, K]) getManyInto(ctx context.Context, keys []K, ckeys []string,
 		s.c.CacheErr(ctx, observe.StepFill, mkeys[0], err)
 		return nil
 	}
-	settle := make([]protocol.Settlement, 0, len(missing))
-	settled := make([]int, 0, len(missing)) // settle[j] is missing key settled[j]
-	for _, i := range missing {
+	settle := make([]protocol.Settlement, 0, len(fill))
+	settled := make([]int, 0, len(fill)) // settle[j] is missing key settled[j]
+	for _, i := range fill {
 		key, tok := ckeys[i], tokens[i]
 		var value []byte
 		var flags uint32

@@ -23,16 +23,7 @@ type oneBreaker struct{ repo.Cache }
 func TestNodeLoss(t *testing.T) {
 	const nodes, rows, passes = 4, 400, 3
 	e := newEnv(t)
-	var addrs []string
-	var dead *proxy
-	for i := range nodes {
-		mp := startPrivateMemcached(t)
-		px := newProxy(t, mp.Addr())
-		addrs = append(addrs, px.Addr())
-		if i == nodes-1 {
-			dead = px
-		}
-	}
+	addrs, dead := fleetBehindProxies(t, nodes)
 	for id := int64(1); id <= rows; id++ {
 		e.insertProduct(t, id, fmt.Sprint("p", id), id)
 	}
@@ -98,4 +89,82 @@ func TestNodeLoss(t *testing.T) {
 	if ctlHealthy == 0 {
 		t.Fatal("control: one breaker for the fleet read no healthy node's key from the database")
 	}
+}
+
+// TestNodeLossGetMany: while one node of 4 is dead (its breaker open), a
+// GetMany still leases and fills the misses of the healthy nodes, so the
+// next GetMany hits them: only the dead node's keys miss again. (Before,
+// one open breaker kept the whole call from filling anything, and every
+// healthy miss went on reading the database.)
+func TestNodeLossGetMany(t *testing.T) {
+	const nodes, rows = 4, 200
+	e := newEnv(t)
+	addrs, dead := fleetBehindProxies(t, nodes)
+	ids := make([]int64, rows)
+	for i := range ids {
+		ids[i] = int64(i + 1)
+		e.insertProduct(t, ids[i], fmt.Sprint("p", ids[i]), ids[i])
+	}
+	mc, err := memclient.New(memclient.Config{Servers: addrs, Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := e.Opts(nil)
+	o.BreakerCooldown = time.Hour // no probe of the dead node during the test
+	s, err := repo.New(e.Pool, mc, productTable, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onDead []int64
+	for _, id := range ids {
+		addr, err := mc.Server(s.Key(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addr.String() == dead.Addr() {
+			onDead = append(onDead, id)
+		}
+	}
+	if len(onDead) == 0 || len(onDead) == rows {
+		t.Fatalf("%d of %d keys on the dead node: the test needs both kinds", len(onDead), rows)
+	}
+	dead.Partition()
+	defer dead.Heal()
+	for range 3 { // trip the dead node's breaker (BreakerFailures is 3)
+		if _, err := s.Get(ctx, onDead[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for pass := range 3 {
+		misses := s.Stats().Misses
+		got, err := s.GetMany(ctx, ids)
+		if err != nil || len(got) != rows {
+			t.Fatalf("pass %d: GetMany with a dead node: %d rows, %v", pass, len(got), err)
+		}
+		for _, id := range ids {
+			if got[id].Name != fmt.Sprint("p", id) {
+				t.Fatalf("pass %d: row %d = %+v", pass, id, got[id])
+			}
+		}
+		n := int(s.Stats().Misses - misses)
+		if pass == 0 && n != rows {
+			t.Fatalf("pass 0: %d misses of %d cold keys", n, rows)
+		}
+		if pass > 0 && n != len(onDead) {
+			t.Fatalf("pass %d: %d misses, want only the dead node's %d keys (the healthy nodes' filled)", pass, n, len(onDead))
+		}
+	}
+}
+
+// fleetBehindProxies starts n memcached processes, each behind a proxy,
+// and returns the proxies' addresses and the last one's proxy (the node a
+// test kills).
+func fleetBehindProxies(t *testing.T, n int) (addrs []string, last *proxy) {
+	t.Helper()
+	for range n {
+		mp := startPrivateMemcached(t)
+		last = newProxy(t, mp.Addr())
+		addrs = append(addrs, last.Addr())
+	}
+	return addrs, last
 }
