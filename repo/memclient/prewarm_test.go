@@ -387,7 +387,9 @@ func TestKeysWaitsForBusyCrawler(t *testing.T) {
 	}
 	admin("lru_crawler sleep 1000000")
 	admin("lru_crawler crawl all")
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// 800ms: well inside the crawl's 2s or more, and time enough to dial
+	// and ask on a loaded machine (with 200ms a run's dial timed out first).
+	ctx, cancel := context.WithTimeout(context.Background(), 800*time.Millisecond)
 	defer cancel()
 	err := c.Keys(ctx, p.Addr(), func(string, int64) error { return nil })
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, errCrawlerBusy) {
