@@ -2,6 +2,7 @@ package repo_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,4 +168,85 @@ func fleetBehindProxies(t *testing.T, n int) (addrs []string, last *proxy) {
 		addrs = append(addrs, last.Addr())
 	}
 	return addrs, last
+}
+
+// TestNodeLossWarm: Warm over 4 nodes, one of them dead with its breaker
+// open, warms every row of the 3 healthy nodes (each then a hit) and
+// returns an error naming the rows it left out, without trying the dead
+// node. (Before, Warm checked the first row's breaker alone: it refused
+// everything or tried every row, paying a timeout per dead-node row.)
+func TestNodeLossWarm(t *testing.T) {
+	const nodes, rows = 4, 120
+	e := newEnv(t)
+	addrs, dead := fleetBehindProxies(t, nodes)
+	for id := int64(1); id <= rows; id++ {
+		e.insertProduct(t, id, fmt.Sprint("p", id), id)
+	}
+	mc, err := memclient.New(memclient.Config{Servers: addrs, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := e.Opts(nil)
+	o.BreakerCooldown = time.Hour
+	s, err := repo.New(e.Pool, mc, productTable, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onDead := map[int64]bool{}
+	var first int64
+	for id := int64(1); id <= rows; id++ {
+		addr, err := mc.Server(s.Key(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if onDead[id] = addr.String() == dead.Addr(); onDead[id] && first == 0 {
+			first = id
+		}
+	}
+	if first == 0 {
+		t.Fatal("no key on the dead node")
+	}
+	dead.Partition()
+	defer dead.Heal()
+	for range 3 { // open the dead node's breaker
+		if _, err := s.Get(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	stored, err := s.Warm(ctx, e.productRows(t, ""))
+	took := time.Since(start)
+	want := rows - len(deadKeys(onDead))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d of %d rows not warmed", rows-want, rows)) || !strings.Contains(err.Error(), "cache unavailable") {
+		t.Fatalf("Warm with a dead node: %v, want an error naming the %d rows left out", err, rows-want)
+	}
+	if stored != want {
+		t.Fatalf("Warm stored %d rows, want the healthy nodes' %d", stored, want)
+	}
+	if took > time.Second {
+		t.Fatalf("Warm took %v: it waited on the dead node", took)
+	}
+	hits := s.Stats().Hits
+	for id := int64(1); id <= rows; id++ {
+		if onDead[id] {
+			continue
+		}
+		if p, err := s.Get(ctx, id); err != nil || p.Name != fmt.Sprint("p", id) {
+			t.Fatalf("Get(%d) after Warm: %+v %v", id, p, err)
+		}
+	}
+	if n := int(s.Stats().Hits - hits); n != want {
+		t.Fatalf("%d hits of the %d warmed rows", n, want)
+	}
+}
+
+// deadKeys returns the ids onDead marks.
+func deadKeys(onDead map[int64]bool) []int64 {
+	var ids []int64
+	for id, d := range onDead {
+		if d {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }

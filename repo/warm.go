@@ -72,10 +72,13 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 // cannot be verified) and returns ctx's error. A cache failure on one Add is
 // reported to a CacheError event (Hooks.Event) and the row is not counted; since the server
 // may have applied an Add whose reply was lost, the key is verified like an
-// added one. After Options.BreakerFailures consecutive failures, or one that
-// finds the breaker open, Warm stops, verifies what it added and returns an
-// error saying the cache is unavailable; with the breaker already open it
-// returns such an error at once. If the verifying read fails, the chunk's
+// added one. After Options.BreakerFailures consecutive failures Warm stops,
+// verifies what it added and returns an error saying the cache is
+// unavailable. Rows whose server's breaker is open (over a fleet, a dead
+// node's) are not tried: Warm warms the other servers' rows and then
+// returns an error saying how many rows it left out because the cache was
+// unavailable (with every breaker open, at once and without a query). If
+// the verifying read fails, the chunk's
 // added keys are deleted. Errors are *OpErrors with Op "warm"; they mean
 // that rows were not warmed, not that a stale row was left behind, unless a
 // delete failed too, which the error and a CacheError event (Hooks.Event) say. One window is
@@ -94,15 +97,16 @@ func (s *Store[T, K]) Warm(ctx context.Context, rows []T) (stored int, err error
 	if len(rows) == 0 {
 		return 0, nil
 	}
-	if !s.c.AllowRead(s.Key(s.t.keyOf(&rows[0]))) {
-		return 0, s.warmErr(errBreakerOpen)
-	}
+	skipped := 0 // rows whose server's breaker is open
 	for start := 0; start < len(rows); start += warmChunkRows {
-		n, err := s.warmChunk(ctx, rows[start:min(start+warmChunkRows, len(rows))])
+		n, err := s.warmChunk(ctx, rows[start:min(start+warmChunkRows, len(rows))], &skipped)
 		stored += n
 		if err != nil {
 			return stored, s.warmErr(err)
 		}
+	}
+	if skipped > 0 {
+		return stored, s.warmErr(fmt.Errorf("%d of %d rows not warmed: %w", skipped, len(rows), errBreakerOpen))
 	}
 	return stored, nil
 }
@@ -122,8 +126,9 @@ type warmed[K comparable] struct {
 	sure    bool
 }
 
-// warmChunk adds rows and then verifies what it added.
-func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
+// warmChunk adds rows and then verifies what it added. Rows whose server's
+// breaker is open are not tried, and counted in skipped.
+func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped *int) (int, error) {
 	added := make([]warmed[K], 0, len(rows))
 	var stop error
 	failures := 0 // consecutive transport failures
@@ -135,6 +140,10 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
 		v := &rows[i]
 		w := warmed[K]{k: s.t.keyOf(v), version: s.versionOf(v)}
 		w.key = s.Key(w.k)
+		if !s.c.AllowRead(w.key) { // its server is down: warm the others'
+			*skipped++
+			continue
+		}
 		value, flags := s.envelope(ctx, w.key, v, w.version)
 		if value == nil {
 			continue // too large, reported
@@ -153,7 +162,10 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T) (int, error) {
 		case protocol.IsTransportErr(err):
 			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 			added = append(added, w)
-			if failures++; failures >= s.c.Opt.BreakerFailures || !s.c.Closed(w.key) {
+			// Consecutive failures of servers whose breakers were closed:
+			// the cache as a whole is failing. (A server whose breaker
+			// opens is skipped from the next of its rows on.)
+			if failures++; failures >= s.c.Opt.BreakerFailures {
 				stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
 			}
 		default: // refused for this item alone (e.g. the server's own size limit)
