@@ -9,6 +9,7 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
+	"github.com/maypok86/otter/v2"
 
 	"github.com/cachedrepo/cachedrepo/internal/codec"
 	"github.com/cachedrepo/cachedrepo/repo"
@@ -21,17 +22,7 @@ import (
 func BenchmarkGetHitNear(b *testing.B) {
 	const rows = 1000
 	e, _, cd, rawKeys := hitRows(b, rows) // rows cached in memcached
-	n, err := repo.NewNearCache(repo.NearConfig{Size: 2 * rows, MaxAge: time.Hour, Channel: "near_" + e.NS,
-		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, e.URL) }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = n.Run(rctx) }()
-	for !n.Listening() {
-		time.Sleep(time.Millisecond)
-	}
+	n := runNear(b, e, 2*rows)
 	o := e.Opts(nil)
 	o.Near = n
 	s := e.products(b, o)
@@ -139,4 +130,81 @@ func BenchmarkGetManyMiss(b *testing.B) {
 		})
 		b.ReportMetric(float64(conflicts.Load())/float64(b.N), "cas_conflicts/op")
 	})
+}
+
+// BenchmarkGetManyNear: GetMany of one article's stock in 170 stores (the
+// example's stock_across), every row in the near-cache, against the raw
+// work it wraps: 170 lookups of prebuilt keys in an otter cache holding the
+// same rows, gathered into a map by key.
+func BenchmarkGetManyNear(b *testing.B) {
+	const stores = 170
+	e := newEnv(b)
+	e.Exec(b, `INSERT INTO stores (code, name, city) SELECT 'B' || lpad(i::text, 3, '0'), 'x', 'y' FROM generate_series(1, $1) i`, stores)
+	e.Exec(b, `INSERT INTO stock (article_number, uom, store_code, quantity) SELECT 'A1', 'EA', 'B' || lpad(i::text, 3, '0'), i FROM generate_series(1, $1) i`, stores)
+	n := runNear(b, e, 10*stores)
+	o := e.Opts(nil)
+	o.Near = n
+	s, err := repo.New(e.Pool, e.MC, stockTable, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := make([]StockKey, stores)
+	for i := range keys {
+		keys[i] = StockKey{"A1", "EA", fmt.Sprintf("B%03d", i+1)}
+	}
+	rows, err := s.GetMany(ctx, keys) // fills the near-cache
+	if err != nil || len(rows) != stores {
+		b.Fatalf("GetMany: %d rows, %v", len(rows), err)
+	}
+	raw := otter.Must(&otter.Options[string, Stock]{MaximumSize: 10 * stores})
+	rawKeys := make([]string, stores)
+	for i, k := range keys {
+		rawKeys[i] = s.Key(k)
+		raw.Set(rawKeys[i], rows[k])
+	}
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			out := make(map[StockKey]Stock, stores)
+			for i, key := range rawKeys {
+				if v, ok := raw.GetIfPresent(key); ok {
+					out[keys[i]] = v
+				}
+			}
+			if len(out) != stores {
+				b.Fatal(len(out))
+			}
+		}
+	})
+	b.Run("store", func(b *testing.B) {
+		b.ReportAllocs()
+		hits := n.Hits()
+		for b.Loop() {
+			out, err := s.GetMany(ctx, keys)
+			if err != nil || len(out) != stores {
+				b.Fatal(len(out), err)
+			}
+		}
+		if got := n.Hits() - hits; got < uint64(b.N)*stores {
+			b.Fatalf("%d near-cache hits for %d GetManys of %d keys", got, b.N, stores)
+		}
+	})
+}
+
+// runNear returns a near-cache of size entries (an hour's MaxAge) over e,
+// listening, and running until b ends.
+func runNear(b *testing.B, e *env, size int) *repo.NearCache {
+	b.Helper()
+	n, err := repo.NewNearCache(repo.NearConfig{Size: size, MaxAge: time.Hour, Channel: "near_" + e.NS,
+		Connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.Connect(ctx, e.URL) }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	go func() { _ = n.Run(rctx) }()
+	for !n.Listening() {
+		time.Sleep(time.Millisecond)
+	}
+	return n
 }

@@ -255,7 +255,15 @@ func (s *Store[T, K]) nearHit(key string) (v T, found, hit bool) {
 	case e.v != nil:
 		v, ok = e.v.(T) // another T under the same key (not ours) is a miss
 		return v, ok, ok
-	case s.codec.Decode(e.b, &v) != nil:
+	}
+	return s.nearDecode(e.b)
+}
+
+// nearDecode is nearHit's decode of an encoded entry, in a function of its
+// own: the row it decodes into escapes to the heap, and nearHit's own
+// result, for a row kept as it is, then does not.
+func (s *Store[T, K]) nearDecode(b []byte) (v T, found, hit bool) {
+	if s.codec.Decode(b, &v) != nil {
 		return v, false, false
 	}
 	return v, true, true

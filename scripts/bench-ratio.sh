@@ -15,7 +15,7 @@ pairs="${1:-5}"
 shift || true
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-	benches=(BenchmarkGetHit BenchmarkGetManyHit BenchmarkGetMiss BenchmarkGetHitNear BenchmarkGetManyMiss
+	benches=(BenchmarkGetHit BenchmarkGetManyHit BenchmarkGetMiss BenchmarkGetHitNear BenchmarkGetManyNear BenchmarkGetManyMiss
 		BenchmarkGetHitParallel/1 BenchmarkGetHitParallel/32 BenchmarkGetHitParallel/256)
 fi
 
