@@ -23,8 +23,9 @@ import (
 // requests per server; otherwise gomemcache's GetMulti), plus for the
 // misses: their lease adds, one SQL query for all of them (= ANY($1), or
 // unnest of the key columns for composite keys), one multi-get, and their
-// CAS fills. Over a *memclient.Client the adds and the fills each leave as
-// one pipeline per server (AddMulti, CompareAndSwapMulti); over other
+// CAS fills. Over a *memclient.Client or a *memclient.Migration the adds and
+// the fills each leave as one pipeline per server (AddMulti,
+// CompareAndSwapMulti); over other
 // caches they are one round trip per key. Keys leased by others are read
 // from the database without waiting. If the cache fails, everything is
 // read from the database. Over a memclient.Migration in its fallback phase,

@@ -34,7 +34,7 @@
 // items the same way (quiet "ms" requests in add or CAS mode, each answer
 // of a refusal naming its request by an opaque token), with one outcome per
 // item; DeleteIfUnchanged deletes many keys if they still hold what was
-// read.
+// read, and DeleteMulti deletes many unconditionally.
 //
 // Against a server without the meta protocol, the first meta request fails
 // with ErrNoMeta and the client uses the classic commands from then on:

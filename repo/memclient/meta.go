@@ -589,13 +589,31 @@ func (c *Client) DeleteIfUnchanged(items []*memcache.Item) (changed []string, er
 	if c.noMeta.Load() {
 		return nil, ErrNoMeta
 	}
-	c.gm()
 	keys := make([]string, len(items))
 	byKey := make(map[string]*memcache.Item, len(items))
 	for i, it := range items {
 		keys[i] = it.Key
 		byKey[it.Key] = it
 	}
+	return c.deleteMany(keys, byKey)
+}
+
+// DeleteMulti deletes keys, a miss being no failure, over one pipeline of
+// quiet md requests per server (servers in parallel). It returns
+// ErrNoMeta from a server without the meta protocol.
+func (c *Client) DeleteMulti(keys []string) error {
+	if c.noMeta.Load() {
+		return ErrNoMeta
+	}
+	_, err := c.deleteMany(keys, nil)
+	return err
+}
+
+// deleteMany deletes keys in pipelines per server: if byKey holds their
+// items, only those still holding them (see DeleteIfUnchanged), else
+// unconditionally.
+func (c *Client) deleteMany(keys []string, byKey map[string]*memcache.Item) (changed []string, err error) {
+	c.gm()
 	groups, err := c.byServer(keys)
 	if err != nil {
 		return nil, err
@@ -635,8 +653,10 @@ func (c *Client) deletePipeline(keys []string, items map[string]*memcache.Item) 
 	for i, k := range keys {
 		mc.buf = append(mc.buf, "md "...)
 		mc.buf = append(mc.buf, k...)
-		mc.buf = append(mc.buf, " C"...)
-		mc.buf = strconv.AppendUint(mc.buf, items[k].CasID, 10)
+		if items != nil {
+			mc.buf = append(mc.buf, " C"...)
+			mc.buf = strconv.AppendUint(mc.buf, items[k].CasID, 10)
+		}
 		mc.buf = append(mc.buf, " O"...)
 		mc.buf = strconv.AppendInt(mc.buf, int64(i), 10)
 		mc.buf = append(mc.buf, " q\r\n"...)

@@ -69,8 +69,9 @@ func ParsePhase(s string) (Phase, error) {
 // one Phase at a time. Used as a Cache it is its primary ring (A in
 // PhaseOld and PhaseWriteBoth, B after): reads, leases, adds and CAS go
 // there. Every change of a key (Set, Add, CompareAndSwap, Increment,
-// Delete, DeleteIfUnchanged) also deletes the key on its owner in the other
-// ring in the phases that write both, A before B: a delete is always safe,
+// Delete, DeleteIfUnchanged, AddMulti, CompareAndSwapMulti) also deletes the
+// key on its owner in the other ring in the phases that write both (the
+// multi-key ones in one pipeline per server), A before B: a delete is always safe,
 // and the order is what makes PhaseWriteBoth and PhaseFallback safe
 // together. Where a key has the same server in both rings (most keys, when
 // a node is added or removed) that server is reached once. Over a
@@ -173,11 +174,19 @@ func (m *Migration) Invalidating(keys []string, change func(primary *Client) err
 // deleteOther deletes keys on other, except those whose server is the same
 // in both rings.
 func (m *Migration) deleteOther(other *Client, keys []string) error {
-	var errs []error
+	moved := make([]string, 0, len(keys))
 	for _, k := range keys {
-		if sameServer(m.old, m.new, k) {
-			continue
+		if !sameServer(m.old, m.new, k) {
+			moved = append(moved, k)
 		}
+	}
+	if len(moved) > 1 { // one pipeline per server
+		if err := other.DeleteMulti(moved); !errors.Is(err, ErrNoMeta) {
+			return err
+		}
+	}
+	var errs []error
+	for _, k := range moved {
 		if err := other.Delete(k); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
 			errs = append(errs, err)
 		}
@@ -226,6 +235,36 @@ func (m *Migration) Timeout() time.Duration { return m.primary().Timeout() }
 // Migration).
 func (m *Migration) Add(it *memcache.Item) error {
 	return m.one(it.Key, func(c *Client) error { return c.Add(it) })
+}
+
+// AddMulti is Add for each of items (Client.AddMulti): the deletes on the
+// other ring and the adds on the primary each leave as one pipeline per
+// server. If a delete failed, outs is nil and err says why: the caller
+// cannot tell which keys the other ring may still hold.
+func (m *Migration) AddMulti(items []*memcache.Item) (outs []error, err error) {
+	return m.storeMulti(items, (*Client).AddMulti)
+}
+
+// CompareAndSwapMulti is CompareAndSwap for each of items
+// (Client.CompareAndSwapMulti), pipelined as AddMulti is.
+func (m *Migration) CompareAndSwapMulti(items []*memcache.Item) (outs []error, err error) {
+	return m.storeMulti(items, (*Client).CompareAndSwapMulti)
+}
+
+func (m *Migration) storeMulti(items []*memcache.Item, store func(*Client, []*memcache.Item) ([]error, error)) (outs []error, err error) {
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = it.Key
+	}
+	var storeErr error
+	err = m.Invalidating(keys, func(c *Client) error {
+		outs, storeErr = store(c, items)
+		return storeErr
+	})
+	if err != nil && err != storeErr {
+		return nil, err // a delete on the other ring failed
+	}
+	return outs, err
 }
 
 // Set sets it on the primary ring, deleting its key on the other.

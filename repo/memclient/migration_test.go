@@ -227,3 +227,70 @@ func TestMigrationErrors(t *testing.T) {
 		}
 	}
 }
+
+// AddMulti and CompareAndSwapMulti over a Migration do what Add and
+// CompareAndSwap do key by key: in write-both, each moving key is deleted on
+// its new owner and stored on its old one; keys that stay are stored once.
+// DeleteMulti deletes keys, a miss being no failure.
+func TestMigrationStoreMulti(t *testing.T) {
+	r := newMigrationRig(t)
+	m, err := memclient.NewMigration(r.old, r.new, memclient.PhaseWriteBoth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for i := range 20 {
+		keys = append(keys, r.key(t, true, i), r.key(t, false, i))
+	}
+	items := make([]*memcache.Item, len(keys))
+	for i, k := range keys {
+		_ = r.new.Set(&memcache.Item{Key: k, Value: []byte("stale-new")})
+		items[i] = &memcache.Item{Key: k, Value: []byte("added")}
+	}
+	outs, err := m.AddMulti(items)
+	if err != nil || len(outs) != len(keys) {
+		t.Fatalf("AddMulti: %d outcomes, %v", len(outs), err)
+	}
+	for i, k := range keys {
+		oldAt, newAt := r.owners(t, k)
+		if oldAt == newAt {
+			// Stays: the new ring's item is the old ring's, already there.
+			if !errors.Is(outs[i], memcache.ErrNotStored) || r.on(t, oldAt, k) != "stale-new" {
+				t.Fatalf("%s (stays): %v, holds %q", k, outs[i], r.on(t, oldAt, k))
+			}
+			continue
+		}
+		if outs[i] != nil || r.on(t, oldAt, k) != "added" || r.on(t, newAt, k) != "" {
+			t.Fatalf("%s (moves): %v, old owner %q, new owner %q", k, outs[i], r.on(t, oldAt, k), r.on(t, newAt, k))
+		}
+	}
+	cur, err := m.GetMulti(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	swaps := make([]*memcache.Item, 0, len(cur))
+	for _, it := range cur {
+		it.Value = []byte("swapped")
+		swaps = append(swaps, it)
+	}
+	outs, err = m.CompareAndSwapMulti(swaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, it := range swaps {
+		if outs[i] != nil {
+			t.Fatalf("CompareAndSwapMulti %s: %v", it.Key, outs[i])
+		}
+		if oldAt, _ := r.owners(t, it.Key); r.on(t, oldAt, it.Key) != "swapped" {
+			t.Fatalf("%s after the swap: %q", it.Key, r.on(t, oldAt, it.Key))
+		}
+	}
+	if err := r.old.DeleteMulti(append(keys, "never-set-1", "never-set-2")); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if oldAt, _ := r.owners(t, k); r.on(t, oldAt, k) != "" {
+			t.Fatalf("%s after DeleteMulti: %q", k, r.on(t, oldAt, k))
+		}
+	}
+}
