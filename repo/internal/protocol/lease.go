@@ -228,38 +228,13 @@ func (c *Core) settleMany(ctx context.Context, ss []Settlement, began time.Time,
 // not have been taken has token 0, and over the classic path the keys after
 // it were not tried.
 func (c *Core) AddLeases(keys []string) (tokens []uint64, err error) {
-	tokens = make([]uint64, len(keys))
 	if ms, ok := c.raw.(multiStorer); ok && len(keys) > 1 {
-		items := make([]*memcache.Item, len(keys))
-		mine := make([]uint64, len(keys))
-		for i, k := range keys {
-			mine[i] = newToken()
-			items[i] = c.leaseItem(k, mine[i])
-		}
-		outs, err := ms.AddMulti(items)
+		tokens, _, err = c.leasesOn(ms.AddMulti, keys, c.record, c.recordMany)
 		if !errors.Is(err, memclient.ErrNoMeta) {
-			if outs == nil {
-				c.recordMany(keys, err)
-				return tokens, err
-			}
-			var first error
-			for i, o := range outs {
-				switch {
-				case o == nil:
-					tokens[i] = mine[i]
-					c.record(keys[i], nil)
-				case errors.Is(o, memcache.ErrNotStored):
-					c.record(keys[i], nil)
-				default:
-					c.record(keys[i], o)
-					if first == nil {
-						first = o
-					}
-				}
-			}
-			return tokens, first
+			return tokens, err
 		}
 	}
+	tokens = make([]uint64, len(keys))
 	for i, k := range keys {
 		if tokens[i], err = c.AddLease(k); err != nil {
 			return tokens, err

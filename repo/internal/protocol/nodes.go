@@ -212,7 +212,7 @@ func (c *Core) FallbackGetMulti(fb *memclient.Client, keys []string) (map[string
 // a key that got neither failed (its server's breaker is tripped) or its
 // server has no meta protocol, and fb cannot help with it.
 func (c *Core) FallbackLeases(fb *memclient.Client, keys []string) (tokens []uint64, held []bool) {
-	tokens, held, _ = c.leasesOn(fb, keys,
+	tokens, held, _ = c.leasesOn(fb.AddMulti, keys,
 		func(key string, err error) { c.fallbackDone(fb, key, err) },
 		func(keys []string, err error) { c.fallbackFailed(fb, keys, err) })
 	return tokens, held
@@ -232,9 +232,7 @@ func (c *Core) PrimaryLeases(keys []string) (tokens []uint64, err error) {
 	}
 	tokens = make([]uint64, len(keys))
 	_ = m.Invalidating(nil, func(p *memclient.Client) error { // no keys: no deletes, the primary ring alone
-		tokens, _, err = c.leasesOn(p, keys,
-			func(key string, err error) { c.record(key, err) },
-			func(keys []string, err error) { c.recordMany(keys, err) })
+		tokens, _, err = c.leasesOn(p.AddMulti, keys, c.record, c.recordMany)
 		return nil
 	})
 	return tokens, err
@@ -261,11 +259,12 @@ func (c *Core) PrimarySettleMany(ctx context.Context, ss []Settlement, began tim
 	})
 }
 
-// leasesOn adds the leases of keys on cl in one pipeline per server,
-// reporting each key's outcome with done (or, if the pipelines failed
-// as a whole, failed). held[i] is true for a key that held something;
-// err is the first failure.
-func (c *Core) leasesOn(cl *memclient.Client, keys []string, done func(string, error), failed func([]string, error)) (tokens []uint64, held []bool, err error) {
+// leasesOn adds the leases of keys with add (a client's AddMulti: one
+// pipeline per server), reporting each key's outcome with done, nil for a
+// key that got its lease or held something (or, if the pipelines failed as
+// a whole, failed). held[i] is true for a key that held something; err is
+// the first failure.
+func (c *Core) leasesOn(add func([]*memcache.Item) ([]error, error), keys []string, done func(string, error), failed func([]string, error)) (tokens []uint64, held []bool, err error) {
 	tokens, held = make([]uint64, len(keys)), make([]bool, len(keys))
 	items := make([]*memcache.Item, len(keys))
 	mine := make([]uint64, len(keys))
@@ -273,7 +272,7 @@ func (c *Core) leasesOn(cl *memclient.Client, keys []string, done func(string, e
 		mine[i] = newToken()
 		items[i] = c.leaseItem(k, mine[i])
 	}
-	outs, err := cl.AddMulti(items)
+	outs, err := add(items)
 	if outs == nil {
 		failed(keys, err)
 		return tokens, held, err
@@ -284,7 +283,7 @@ func (c *Core) leasesOn(cl *memclient.Client, keys []string, done func(string, e
 		case o == nil:
 			tokens[i] = mine[i]
 		case errors.Is(o, memcache.ErrNotStored):
-			held[i] = true
+			held[i], o = true, nil
 		case err == nil:
 			err = o
 		}
