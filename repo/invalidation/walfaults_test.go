@@ -8,6 +8,7 @@ import (
 
 	"github.com/cachedrepo/cachedrepo/repo/internal/testenv"
 	"github.com/cachedrepo/cachedrepo/repo/invalidation"
+	"github.com/cachedrepo/cachedrepo/repo/repotest"
 )
 
 // A slot the server lost (it fell behind max_slot_wal_keep_size while no
@@ -16,8 +17,8 @@ import (
 // the cache served it stale until then), starts a new slot, and later
 // changes reach the cache again.
 func TestWALLostSlot(t *testing.T) {
-	pg := startOwnPG(t, "max_slot_wal_keep_size=1MB")
-	r := newWALRigOn(t, pg.env(t), invalidation.WALConfig{}, true)
+	pg := repotest.StartPostgres(t, "max_slot_wal_keep_size=1MB")
+	r := newWALRigOn(t, testenv.NewAt(t, pg.URL()), invalidation.WALConfig{}, true)
 	e := r.e
 	e.Exec(t, `INSERT INTO products (id, article_number, name, category_id, price_cents) VALUES (1, 'A1', 'one', 1, 100)`)
 	r.applied(t)
@@ -79,8 +80,10 @@ func TestWALLostSlot(t *testing.T) {
 // every acknowledged change reaches the cache (each under its own key and
 // version), including those committed just before and after each restart.
 func TestWALPostgresRestart(t *testing.T) {
-	pg := startOwnPG(t)
-	r := newWALRigOn(t, pg.env(t), invalidation.WALConfig{}, true)
+	// synchronous_commit=on (the shared servers' is off): an immediate
+	// shutdown must not lose a commit the writers saw acknowledged.
+	pg := repotest.StartPostgres(t, "synchronous_commit=on")
+	r := newWALRigOn(t, testenv.NewAt(t, pg.URL()), invalidation.WALConfig{}, true)
 	l := r.newLoad(t, 20)
 	r.applied(t)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -22,6 +23,8 @@ type pgServer struct {
 	version string
 	dir     string // temporary directory: data/, the unix socket, postgres.log
 	port    int
+	extra   []string // "-c" settings beyond the shared server's (StartPostgres)
+	as      *runAs
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when cmd has been waited for
 }
@@ -72,7 +75,7 @@ func isExecutable(file string) bool {
 
 // startPgServer initdbs and starts a throwaway server, waiting until it
 // accepts connections.
-func startPgServer() (*pgServer, error) {
+func startPgServer(extra ...string) (*pgServer, error) {
 	binDir, version, err := findPostgres()
 	if err != nil {
 		return nil, err
@@ -85,7 +88,7 @@ func startPgServer() (*pgServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &pgServer{binDir: binDir, version: version, dir: dir}
+	s := &pgServer{binDir: binDir, version: version, dir: dir, extra: extra, as: as}
 	if err := s.initdb(as); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -93,7 +96,7 @@ func startPgServer() (*pgServer, error) {
 	// The port was free a moment ago; another process may take it before
 	// postgres binds it, so try a few.
 	for attempt := 1; ; attempt++ {
-		err = s.start(as)
+		err = s.start(as, 0)
 		if err == nil {
 			return s, nil
 		}
@@ -153,16 +156,18 @@ func (s *pgServer) initdb(as *runAs) error {
 // errPortInUse says the server could not bind its port.
 var errPortInUse = errors.New("port in use")
 
-// start starts postgres on a fresh free port and waits until it accepts
-// connections.
-func (s *pgServer) start(as *runAs) error {
-	port, err := freePort()
-	if err != nil {
-		return err
+// start starts postgres on port (0: a fresh free one) and waits until it
+// accepts connections.
+func (s *pgServer) start(as *runAs, port int) error {
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			return err
+		}
 	}
 	s.port = port
 	logPath := filepath.Join(s.dir, "postgres.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("repotest: %w", err)
 	}
@@ -172,11 +177,10 @@ func (s *pgServer) start(as *runAs) error {
 	if len(socketDir) > 90 { // unix socket paths are limited to 107 bytes
 		socketDir = ""
 	}
-	cmd := exec.Command(filepath.Join(s.binDir, "postgres"),
-		"-D", filepath.Join(s.dir, "data"),
+	args := []string{"-D", filepath.Join(s.dir, "data"),
 		"-p", strconv.Itoa(port),
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories="+socketDir,
+		"-c", "unix_socket_directories=" + socketDir,
 		"-c", "max_connections=300",
 		"-c", "shared_buffers=32MB",
 		"-c", "fsync=off",
@@ -194,7 +198,11 @@ func (s *pgServer) start(as *runAs) error {
 		"-c", "max_wal_size=1GB",
 		"-c", "logging_collector=off",
 		"-c", "log_min_messages=warning",
-	)
+	}
+	for _, c := range s.extra {
+		args = append(args, "-c", c)
+	}
+	cmd := exec.Command(filepath.Join(s.binDir, "postgres"), args...)
 	cmd.Dir = s.dir
 	cmd.Env = s.env()
 	cmd.Stdout = logFile
@@ -251,22 +259,77 @@ func pgPing(url string) error {
 // stop shuts the server down (immediate shutdown, then SIGKILL to its
 // process group if it lingers) and removes its directory.
 func (s *pgServer) stop() error {
-	var err error
-	if s.cmd != nil {
-		pid := s.cmd.Process.Pid
-		_ = s.cmd.Process.Signal(syscall.SIGQUIT) // immediate shutdown
-		select {
-		case <-s.exited:
-		case <-time.After(10 * time.Second):
-			err = errors.New("postgres did not stop within 10s of SIGQUIT; killed it")
-			killGroup(pid, syscall.SIGKILL)
-			<-s.exited
-		}
-		killGroup(pid, syscall.SIGKILL) // any straggling backend
-		s.cmd = nil
-	}
+	err := s.halt(syscall.SIGQUIT)
 	if rmErr := os.RemoveAll(s.dir); rmErr != nil && err == nil {
 		err = rmErr
 	}
 	return err
+}
+
+// halt stops postgres with sig (SIGINT: a fast shutdown, which
+// checkpoints; SIGQUIT: an immediate one, which leaves crash recovery to the
+// next start), then SIGKILLs its process group if it lingers.
+func (s *pgServer) halt(sig syscall.Signal) error {
+	if s.cmd == nil {
+		return nil
+	}
+	var err error
+	pid := s.cmd.Process.Pid
+	_ = s.cmd.Process.Signal(sig)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		err = fmt.Errorf("postgres did not stop within 10s of %v; killed it", sig)
+		killGroup(pid, syscall.SIGKILL)
+		<-s.exited
+	}
+	killGroup(pid, syscall.SIGKILL) // any straggling backend
+	s.cmd = nil
+	return err
+}
+
+// PostgresProcess is a PostgreSQL server of one test's own (StartPostgres),
+// for faults the shared server must not see: a restart, a lost replication
+// slot.
+type PostgresProcess struct {
+	tb testing.TB
+	s  *pgServer
+}
+
+// StartPostgres starts a PostgreSQL server for tb alone, with the shared
+// server's settings (wal_level=logical among them) and the extra "-c"
+// settings given ("name=value", overriding those); it is stopped and
+// removed with the test. The shared settings include fsync=off and
+// synchronous_commit=off: a test that restarts the server with SIGQUIT and
+// counts acknowledged commits wants "synchronous_commit=on".
+// Without the server binaries it skips tb, or fails it under CI=true.
+func StartPostgres(tb testing.TB, settings ...string) *PostgresProcess {
+	tb.Helper()
+	h := mustHarness(tb)
+	s, err := startPgServer(settings...)
+	if err != nil {
+		unavailable(tb, err, h.ci)
+	}
+	tb.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			tb.Errorf("repotest: stopping %s: %v", s.describe(), err)
+		}
+	})
+	return &PostgresProcess{tb: tb, s: s}
+}
+
+// URL returns the admin URL of the server's postgres database.
+func (p *PostgresProcess) URL() string { return p.s.url() }
+
+// Restart stops the server with sig (syscall.SIGINT: a fast shutdown;
+// syscall.SIGQUIT: an immediate one, whose next start is crash recovery)
+// and starts it again on the same port, failing the test if it cannot.
+func (p *PostgresProcess) Restart(sig syscall.Signal) {
+	p.tb.Helper()
+	if err := p.s.halt(sig); err != nil {
+		p.tb.Fatal(err)
+	}
+	if err := p.s.start(p.s.as, p.s.port); err != nil {
+		p.tb.Fatal(err)
+	}
 }
