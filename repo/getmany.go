@@ -52,16 +52,16 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 		k   K
 		key string
 		tok nearToken
-		at  int64
 	}
 	out := make(map[K]T, len(keys))
 	var rest []K
 	var restKeys []string
 	var fill []pending
 	kb := s.gen.Builder(s.c)
+	now := time.Now().UnixNano() // when the reads began, for every key
 	for i, k := range keys {
 		key := s.keyWith(kb, k)
-		if v, found, hit := s.nearHit(key); hit {
+		if v, found, hit := s.nearHit(key, now); hit {
 			if found {
 				out[k] = v
 			}
@@ -71,8 +71,7 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 			n := len(keys) - i
 			rest, restKeys, fill = make([]K, 0, n), make([]string, 0, n), make([]pending, 0, n)
 		}
-		tok, at := s.near.begin(key)
-		rest, restKeys, fill = append(rest, k), append(restKeys, key), append(fill, pending{k, key, tok, at})
+		rest, restKeys, fill = append(rest, k), append(restKeys, key), append(fill, pending{k, key, s.near.begin(key)})
 	}
 	if len(rest) == 0 {
 		return out, nil
@@ -84,9 +83,9 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 	}
 	for _, f := range fill {
 		if v, ok := out[f.k]; ok {
-			s.nearKeep(f.key, f.tok, f.at, &v)
+			s.nearKeep(f.key, f.tok, now, &v)
 		} else {
-			s.nearKeep(f.key, f.tok, f.at, nil)
+			s.nearKeep(f.key, f.tok, now, nil)
 		}
 	}
 	return out, nil

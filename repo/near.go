@@ -126,10 +126,13 @@ func NewNearCache(cfg NearConfig) (*NearCache, error) {
 	if cfg.ReconnectDelay <= 0 {
 		cfg.ReconnectDelay = time.Second
 	}
+	// No expiry in otter: get checks an entry's age itself (against the
+	// time its caller read once), so otter need not read the clock on
+	// every lookup; an entry past MaxAge is never served, and is replaced
+	// by its key's next read or evicted by size.
 	c, err := otter.New(&otter.Options[string, nearEntry]{
-		MaximumSize:      cfg.Size,
-		ExpiryCalculator: otter.ExpiryWriting[string, nearEntry](cfg.MaxAge),
-		Logger:           &otter.NoopLogger{},
+		MaximumSize: cfg.Size,
+		Logger:      &otter.NoopLogger{},
 	})
 	if err != nil {
 		return nil, err
@@ -189,13 +192,14 @@ func (n *NearCache) Invalidate(key string) {
 // Hits returns how many reads the near-cache answered.
 func (n *NearCache) Hits() uint64 { return n.hits.Load() }
 
-// get returns the entry of key if it may be served now.
-func (n *NearCache) get(key string) (nearEntry, bool) {
+// get returns the entry of key if it may be served at now (UnixNano: a
+// GetMany reads the clock once for all its keys).
+func (n *NearCache) get(key string, now int64) (nearEntry, bool) {
 	if !n.ready.Load() {
 		return nearEntry{}, false
 	}
 	e, ok := n.entries.GetIfPresent(key)
-	if !ok || time.Now().UnixNano()-e.at > int64(n.cfg.MaxAge) {
+	if !ok || now-e.at > int64(n.cfg.MaxAge) {
 		return nearEntry{}, false
 	}
 	n.hits.Add(1)
@@ -208,9 +212,9 @@ type nearToken struct{ epoch, seq uint64 }
 // begin returns the token a fill of key passes to put: an entry read from
 // memcached while an invalidation of its key happened may be older than
 // the write behind that invalidation, so it is kept only if none did (nor
-// a clearing) since the read began; at is when it began.
-func (n *NearCache) begin(key string) (tok nearToken, at int64) {
-	return nearToken{n.epoch.Load(), n.stripe(key).Load()}, time.Now().UnixNano()
+// a clearing) since the read began.
+func (n *NearCache) begin(key string) nearToken {
+	return nearToken{n.epoch.Load(), n.stripe(key).Load()}
 }
 
 // put keeps e for key if no invalidation of its stripe, and no clearing,

@@ -226,27 +226,28 @@ func (s *Store[T, K]) get(ctx context.Context, k K) (v T, err error) {
 // decoded afresh (callers never share a row), a miss reads memcached and
 // keeps what it answered unless an invalidation overlapped the read.
 func (s *Store[T, K]) getNear(ctx context.Context, k K, key string) (v T, err error) {
-	if v, found, hit := s.nearHit(key); hit {
+	now := time.Now().UnixNano() // when the read began: the entry's age counts from it
+	if v, found, hit := s.nearHit(key, now); hit {
 		if !found {
 			return v, s.opErr(observe.OpGet, k, ErrNotFound)
 		}
 		return v, nil
 	}
-	tok, at := s.near.begin(key)
+	tok := s.near.begin(key)
 	v, err = s.getCache(ctx, k, key)
 	switch {
 	case err == nil:
-		s.nearKeep(key, tok, at, &v)
+		s.nearKeep(key, tok, now, &v)
 	case errors.Is(err, ErrNotFound):
-		s.nearKeep(key, tok, at, nil)
+		s.nearKeep(key, tok, now, nil)
 	}
 	return v, err
 }
 
 // nearHit looks key up in the near-cache: hit reports an entry to answer
 // with, found that it is a row (v, a copy of the row or decoded afresh).
-func (s *Store[T, K]) nearHit(key string) (v T, found, hit bool) {
-	e, ok := s.near.get(key)
+func (s *Store[T, K]) nearHit(key string, now int64) (v T, found, hit bool) {
+	e, ok := s.near.get(key, now)
 	switch {
 	case !ok:
 		return v, false, false
