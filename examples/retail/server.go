@@ -99,11 +99,22 @@ func badf(format string, args ...any) error { return &badRequest{fmt.Sprintf(for
 // errConflict is answered with 409.
 var errConflict = errors.New("conflict")
 
-// writeJSON answers v as JSON with the given status.
+// writeJSON answers v as JSON with the given status (see jsonEncoder).
 func writeJSON(w http.ResponseWriter, code int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		code, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+	var b []byte
+	if je, ok := v.(jsonEncoder); ok {
+		e := jsonBufs.Get().(*jsonEnc)
+		defer jsonBufs.Put(e)
+		e.b, e.ok = e.b[:0], true
+		if je.encodeJSON(e); e.ok {
+			b = e.b
+		}
+	}
+	if b == nil {
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			code, b = http.StatusInternalServerError, []byte(`{"error":"internal error"}`)
+		}
 	}
 	b = append(b, '\n')
 	h := w.Header()
@@ -241,7 +252,13 @@ func (a *app) listCategory(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"category": cat, "products": ps})
+	writeJSON(w, http.StatusOK, categoryPage{cat, ps})
+}
+
+// categoryPage is the answer of GET /categories/{id}/products.
+type categoryPage struct {
+	Category Category  `json:"category"`
+	Products []Product `json:"products"`
 }
 
 // stockKey reads the stock key from the path.
