@@ -4,7 +4,8 @@
 # Starts a throwaway PostgreSQL and memcached (scripts/servers.sh; memcached is
 # installed with apt-get if missing and root), builds examples/retail, then:
 # migrate, seed, warm (with the raw Set baseline), and the load test run twice
-# against the service, with the cache on and off. Prints the side-by-side
+# against the service, with the cache on and off (then one cache-on run with
+# the near-cache staleness probe). Prints the side-by-side
 # summary and where the report is, and stops and removes everything it started.
 #
 #   quick (default): 1,100 products x 170 stores = 187,000 stock rows

@@ -519,7 +519,7 @@ func runLoad(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 	byMode := map[string][]runResult{}
 	for round := 0; round < o.Rounds; round++ {
 		for _, cache := range []string{"on", "off"} {
-			res, err := loadService(ctx, getenv, log, cfg, o, ks, cache, stderr)
+			res, err := loadService(ctx, getenv, log, cfg, o, ks, cache, false, stderr)
 			if err != nil {
 				return fmt.Errorf("run with CACHE=%s: %w", cache, err)
 			}
@@ -528,6 +528,20 @@ func runLoad(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 		}
 	}
 	runs := []runResult{medianRun(byMode["on"]), medianRun(byMode["off"])}
+	// The near-cache's staleness is measured in a run of its own, under the
+	// same load: its probe needs a second instance of the service, which
+	// would take CPU from the measured one in a throughput run (the
+	// cache-off runs have no such instance).
+	var probe *runResult
+	if cfg.NearMaxAge > 0 {
+		res, err := loadService(ctx, getenv, log, cfg, o, ks, "on", true, stderr)
+		if err != nil {
+			return fmt.Errorf("staleness run: %w", err)
+		}
+		res.Label = "staleness"
+		printRun(stdout, res)
+		probe = &res
+	}
 	var warm *warmReport
 	if o.WarmJSON != "" {
 		b, err := os.ReadFile(o.WarmJSON)
@@ -539,7 +553,7 @@ func runLoad(ctx context.Context, getenv func(string) string, log *slog.Logger, 
 			return fmt.Errorf("%s: %w", o.WarmJSON, err)
 		}
 	}
-	rep := report{On: runs[0], Off: runs[1], Warm: warm, Options: o, Keys: ks, When: time.Now().UTC()}
+	rep := report{On: runs[0], Off: runs[1], Probe: probe, Warm: warm, Options: o, Keys: ks, When: time.Now().UTC()}
 	paths, err := rep.write(o.Out)
 	if err != nil {
 		return err
@@ -570,32 +584,33 @@ const (
 
 // loadService starts this binary's serve with CACHE=cache on a free port,
 // waits for it to be healthy, runs the load, and stops it with SIGTERM
-// (its graceful shutdown). With the cache and its near-cache on, a second
-// instance serves the staleness probe (see probeStaleness) meanwhile.
-func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, cfg config, o loadOptions, ks *keyspace, cache string, stderr io.Writer) (runResult, error) {
+// (its graceful shutdown). With probe (the cache and its near-cache on), a
+// second instance serves the staleness probe (see probeStaleness)
+// meanwhile.
+func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, cfg config, o loadOptions, ks *keyspace, cache string, probe bool, stderr io.Writer) (runResult, error) {
 	base, stop, err := startService(ctx, getenv, cache, stderr)
 	if err != nil {
 		return runResult{}, err
 	}
 	log.Info("load: service up", "cache", cache, "addr", base)
-	var probe *stalenessResult
+	var st *stalenessResult
 	var probing sync.WaitGroup
 	probeCtx, endProbe := context.WithCancel(ctx)
 	defer endProbe()
-	if cache == "on" && cfg.NearMaxAge > 0 {
+	if probe && cache == "on" && cfg.NearMaxAge > 0 {
 		other, stopOther, err := startService(ctx, getenv, cache, stderr)
 		if err != nil {
 			_ = stop()
 			return runResult{}, fmt.Errorf("starting the staleness probe's instance: %w", err)
 		}
 		defer func() { _ = stopOther() }()
-		probe = new(stalenessResult)
-		probing.Go(func() { *probe = probeStaleness(probeCtx, base, other, ks, cfg.NearMaxAge, o.Seed) })
+		st = new(stalenessResult)
+		probing.Go(func() { *st = probeStaleness(probeCtx, base, other, ks, cfg.NearMaxAge, o.Seed) })
 	}
 	res, err := loadRun(ctx, base, ks, o, "cache "+cache)
 	endProbe()
 	probing.Wait()
-	res.Staleness = probe
+	res.Staleness = st
 	if serr := stop(); serr != nil && err == nil {
 		err = fmt.Errorf("stopping the service: %w", serr)
 	}

@@ -245,7 +245,9 @@ func TestLoadAndReport(t *testing.T) {
 		t.Errorf("percentiles p50 %v p99 %v", res.P50ms, res.P99ms)
 	}
 	dir := t.TempDir()
-	rep := report{On: res, Off: res, Options: o, Keys: ks, When: time.Now(), Warm: &warmReport{Rows: 10, RawSetsPerSec: 10, Ratio: 1}}
+	probe := res
+	probe.Staleness = &stalenessResult{Probes: 3, Reads: 9, StaleReads: 2, P99Ms: 4, MaxMs: 5, BoundMs: 5000}
+	rep := report{On: res, Off: res, Probe: &probe, Options: o, Keys: ks, When: time.Now(), Warm: &warmReport{Rows: 10, RawSetsPerSec: 10, Ratio: 1}}
 	paths, err := rep.write(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +256,8 @@ func TestLoadAndReport(t *testing.T) {
 		t.Fatalf("paths %v", paths)
 	}
 	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))
-	for _, want := range []string{"| throughput (req/s)", "p99 latency", "cache hit ratio", "report.svg", "## Warm-up"} {
+	for _, want := range []string{"| throughput (req/s)", "p99 latency", "cache hit ratio", "report.svg", "## Warm-up",
+		"near-cache staleness p99/max (ms)  |    4.0 / 5.0", "Near-cache staleness: in a run of its own"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q", want)
 		}
