@@ -584,7 +584,7 @@ const (
 
 // loadService starts this binary's serve with CACHE=cache on a free port,
 // waits for it to be healthy, runs the load, and stops it with SIGTERM
-// (its graceful shutdown). With probe (the cache and its near-cache on), a
+// (its graceful shutdown). With probe (for the cache and near-cache on), a
 // second instance serves the staleness probe (see probeStaleness)
 // meanwhile.
 func loadService(ctx context.Context, getenv func(string) string, log *slog.Logger, cfg config, o loadOptions, ks *keyspace, cache string, probe bool, stderr io.Writer) (runResult, error) {
@@ -597,7 +597,7 @@ func loadService(ctx context.Context, getenv func(string) string, log *slog.Logg
 	var probing sync.WaitGroup
 	probeCtx, endProbe := context.WithCancel(ctx)
 	defer endProbe()
-	if probe && cache == "on" && cfg.NearMaxAge > 0 {
+	if probe {
 		other, stopOther, err := startService(ctx, getenv, cache, stderr)
 		if err != nil {
 			_ = stop()
