@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/jackc/pgx/v5"
@@ -29,6 +30,12 @@ type entry struct {
 // Leaderboard sizes: Top serves up to topSize entries from the cache.
 const topSize = 100
 
+// rankTTL is how long the rank of a player below the cached top list is
+// cached (aggregate.LeaderboardConfig.RankTTL): counting the players ahead
+// costs the database milliseconds per call, and a rank a few seconds old
+// is fine for a game; a player's own score change is seen at once.
+const rankTTL = 5 * time.Second
+
 // aggregates holds the visitors counter and the game leaderboard, both
 // kept in the cache with CAS loops by the library (tables counters and
 // scores, migrations.Library).
@@ -44,7 +51,7 @@ func newAggregates(db repo.DB, cache repo.Cache, opts *repo.Options) (*aggregate
 	if err != nil {
 		return nil, err
 	}
-	lb, err := aggregate.NewLeaderboard(db, cache, aggregate.LeaderboardConfig{Size: topSize, Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
+	lb, err := aggregate.NewLeaderboard(db, cache, aggregate.LeaderboardConfig{Size: topSize, RankTTL: rankTTL, Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
 	if err != nil {
 		return nil, err
 	}

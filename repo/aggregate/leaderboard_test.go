@@ -704,3 +704,119 @@ func TestRankBelowTheList(t *testing.T) {
 		t.Fatalf("rank's lookup of the player's row: %+v, want a scan of scores_pkey", plan)
 	}
 }
+
+// dbRank is the reference rank of player on board: rank() over the whole
+// board, ties by player id.
+func dbRank(t testing.TB, e *env, board, player string) aggregate.Entry {
+	t.Helper()
+	var want aggregate.Entry
+	if err := e.Pool.QueryRow(ctx, `SELECT player, score, r FROM (SELECT player, score,
+		rank() OVER (ORDER BY score DESC, player) r FROM scores WHERE board = $1) x WHERE player = $2`, board, player).
+		Scan(&want.Player, &want.Score, &want.Rank); err != nil {
+		t.Fatal(err)
+	}
+	return want
+}
+
+// With RankTTL, a rank below the cached list is counted in the database once
+// and then served from memcached; other players' changes may leave it up to
+// RankTTL old, but the player's own Submit or Remove, from any process, is
+// seen by the next Rank, also when a rank computed before that change is
+// being filled meanwhile.
+func TestLeaderboardRankTTL(t *testing.T) {
+	e := newEnv(t)
+	const b = "ranked"
+	e.Exec(t, `INSERT INTO scores (board, player, score) SELECT 'ranked', 'p' || i, i * 10 FROM generate_series(1, 50) i`)
+	hookDB := &testenv.ScanHookDB{Beginner: e.Pool}
+	cfg := aggregate.LeaderboardConfig{Size: 3, Slack: -1, RankTTL: time.Hour}
+	lb := newLeaderboard(t, hookDB, e.MC, cfg, e.Opts(nil))
+	other := newLeaderboard(t, e.Pool, e.MC, cfg, e.Opts(nil)) // another process
+
+	rank := func(l *aggregate.Leaderboard, player string) aggregate.Entry {
+		t.Helper()
+		got, err := l.Rank(ctx, b, player)
+		if err != nil {
+			t.Fatalf("Rank(%s): %v", player, err)
+		}
+		return got
+	}
+	want := dbRank(t, e, b, "p10")
+	if got := rank(lb, "p10"); got != want || want.Rank != 41 {
+		t.Fatalf("Rank(p10) = %+v, want %+v (rank 41)", got, want)
+	}
+	before := lb.Stats()
+	for range 5 {
+		if got := rank(lb, "p10"); got != want {
+			t.Fatalf("cached Rank(p10) = %+v, want %+v", got, want)
+		}
+	}
+	if st := lb.Stats(); st.DBReads != before.DBReads || st.Hits < before.Hits+5 {
+		t.Fatalf("5 more Ranks of p10: db reads %d -> %d, hits %d -> %d; want no read, 5 hits",
+			before.DBReads, st.DBReads, before.Hits, st.Hits)
+	}
+	if got := rank(other, "p10"); got != want { // shared through memcached
+		t.Fatalf("other's Rank(p10) = %+v, want %+v", got, want)
+	}
+
+	// Another player passing p10 moves p10's true rank; the cached one may
+	// lag (up to RankTTL).
+	if err := other.Submit(ctx, b, "p5", 105); err != nil {
+		t.Fatal(err)
+	}
+	if got := rank(lb, "p10"); got != want {
+		t.Fatalf("Rank(p10) after another player's change = %+v, want the cached %+v", got, want)
+	}
+
+	// p10's own change, made by the other process, is seen at once.
+	if err := other.Submit(ctx, b, "p10", 255); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want || want.Rank != 26 {
+		t.Fatalf("Rank(p10) after its Submit = %+v, want %+v (rank 26)", got, want)
+	}
+
+	// A rank computed before p10's next change, and filled after it, is not
+	// kept: the next Rank counts again.
+	computed, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	after := func(sql string) {
+		if sql == aggregate.RankSQL(lb) {
+			once.Do(func() { close(computed); <-release })
+		}
+	}
+	hookDB.After.Store(&after)
+	if err := other.Submit(ctx, b, "p10", 12); err != nil { // drop p10's rank, so the next Rank counts
+		t.Fatal(err)
+	}
+	old := dbRank(t, e, b, "p10")
+	done := make(chan aggregate.Entry, 1)
+	go func() {
+		got, _ := lb.Rank(ctx, b, "p10")
+		done <- got
+	}()
+	<-computed
+	if err := other.Submit(ctx, b, "p10", 500); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if got := <-done; got != old { // it began before the Submit: the old rank is right
+		t.Fatalf("Rank(p10) that began before the Submit = %+v, want %+v", got, old)
+	}
+	if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want || want.Rank != 1 {
+		t.Fatalf("Rank(p10) after a Submit that raced a fill = %+v, want %+v", got, want)
+	}
+	// In the list now (rank 1): answered from it. Out of it again, then
+	// removed by the other process: not found at once.
+	if err := other.Submit(ctx, b, "p10", 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want {
+		t.Fatalf("Rank(p10) after falling out of the list = %+v, want %+v", got, want)
+	}
+	if err := other.Remove(ctx, b, "p10"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := lb.Rank(ctx, b, "p10"); !errors.Is(err, repo.ErrNotFound) {
+		t.Fatalf("Rank(p10) after its Remove = %+v, %v; want ErrNotFound", got, err)
+	}
+}
