@@ -30,10 +30,11 @@ type entry struct {
 // Leaderboard sizes: Top serves up to topSize entries from the cache.
 const topSize = 100
 
-// rankTTL is how long the rank of a player below the cached top list is
-// cached (aggregate.LeaderboardConfig.RankTTL): counting the players ahead
-// costs the database milliseconds per call, and a rank a few seconds old
-// is fine for a game; a player's own score change is seen at once.
+// rankTTL is how old the other players' scores may be in the rank of a
+// player below the cached top list (aggregate.LeaderboardConfig.RankTTL):
+// the board is ranked against a snapshot of it kept that long, instead of
+// counting the players ahead in Postgres on each call (milliseconds); the
+// player's own score is read at once.
 const rankTTL = 5 * time.Second
 
 // aggregates holds the visitors counter and the game leaderboard, both

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,20 +71,28 @@ type LeaderboardConfig struct {
 	// garbage collection of the test's small heap.
 	LocalTTL time.Duration
 
-	// RankTTL, if positive, caches for up to RankTTL the rank of a player
-	// below the cached list, which Rank otherwise computes in the database
-	// on every call by counting the players ahead (an index range as long
-	// as the rank: about 2-6 ms at rank 8,000 of a 10,000-player board).
-	// Default 0: no such rank is cached.
+	// RankTTL, if positive, ranks a player below the cached list against a
+	// snapshot of the board that this process keeps for up to RankTTL,
+	// instead of counting the players ahead in the database on every call
+	// (an index range as long as the rank: 3-6 ms at rank 8,000 of a
+	// 10,000-player board). The snapshot is the board's first RankSnapshot
+	// players, read by one query in the order of the rank index; a Rank
+	// then reads the player's own score by the primary key and counts the
+	// snapshot's other players ahead of it. A player behind the last entry
+	// of a board longer than the snapshot is counted in the database, as
+	// without RankTTL. Default 0: every such rank is counted.
 	//
-	// What it trades: such a rank may be up to RankTTL old, as other
-	// players' scores move it. A player's own Submit or Remove deletes
-	// their cached rank before it returns, so their next Rank, in any
-	// process, sees their new score (a rank computed before that change
-	// cannot be put back: it is filled under a lease, as repo.Query's
-	// results are). Players in the cached list are answered from it, as
-	// without RankTTL.
+	// What it trades: other players' changes, this process's included,
+	// reach such a rank up to RankTTL after they commit (the snapshot's
+	// age, on the monotonic clock). The player's own score is read at
+	// once, so their own Submit or Remove is seen by their next Rank in
+	// any process. Memory: about 40 bytes per snapshot entry, for each
+	// board ranked in the last RankTTL, up to 64 boards (more share slots).
 	RankTTL time.Duration
+
+	// RankSnapshot is how many of a board's first players a RankTTL
+	// snapshot holds. Default 10,000.
+	RankSnapshot int
 
 	// Repairer, if set, records in its outbox the keys whose deletion from
 	// the cache failed, so it deletes them later; the breaker waits for its
@@ -153,10 +163,12 @@ type Leaderboard struct {
 	localTTL time.Duration
 	keys     *protocol.Generation // the key builder of the current generation
 	seed     maphash.Seed
-	memo     [lbSlots]lbSlot                   // decoded lists by board hash (see lbMemo)
-	ranks    *repo.Query[rankArgs, rankResult] // with RankTTL: ranks below the list
+	memo     [lbSlots]lbSlot // decoded lists by board hash (see lbMemo)
+	rankTTL  time.Duration
+	rankSnap int
+	snaps    [lbSlots]rankSlot // with RankTTL: board snapshots by board hash
 
-	submitSQL, removeSQL, versionSQL, topSQL, rankSQL string
+	submitSQL, removeSQL, versionSQL, topSQL, rankSQL, scoreSQL string
 }
 
 // NewLeaderboard returns a Leaderboard over cfg.Table. It checks the
@@ -185,6 +197,12 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 	case cfg.Slack > 100000:
 		return nil, fmt.Errorf("aggregate: leaderboard %q: Slack %d out of range", cfg.Table, cfg.Slack)
 	}
+	switch {
+	case cfg.RankSnapshot == 0:
+		cfg.RankSnapshot = 10000
+	case cfg.RankSnapshot < 0 || cfg.RankSnapshot > 10_000_000:
+		return nil, fmt.Errorf("aggregate: leaderboard %q: RankSnapshot %d out of range [1, 10000000]", cfg.Table, cfg.RankSnapshot)
+	}
 	core := newCore(cache, cfg.Cache, cfg.Table, db, cfg.Repairer)
 	capacity := cfg.Size + cfg.Slack
 	keys, err := generation(core, cfg.Table, "lb1-"+strconv.Itoa(cfg.Size)+"-"+strconv.Itoa(capacity))
@@ -200,6 +218,8 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 		size:     cfg.Size,
 		capacity: capacity,
 		localTTL: max(cfg.LocalTTL, 0),
+		rankTTL:  max(cfg.RankTTL, 0),
+		rankSnap: cfg.RankSnapshot,
 		keys:     keys,
 		seed:     maphash.MakeSeed(),
 		// The version of an inserted row is drawn only after locking the
@@ -225,37 +245,13 @@ func NewLeaderboard(db repo.DB, cache repo.Cache, cfg LeaderboardConfig) (*Leade
 		rankSQL: "SELECT s.score, s.version, 1 + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score > s.score)" +
 			" + (SELECT count(*) FROM " + t + " o WHERE o.board = s.board AND o.score = s.score AND o.player < s.player)" +
 			" FROM " + t + " s WHERE s.board = $1 AND s.player = $2",
-	}
-	if cfg.RankTTL > 0 {
-		c := cfg.Cache
-		if lb.ranks, err = repo.NewQuery(cache, repo.QueryConfig[rankArgs, rankResult]{
-			Name: cfg.Table + ".rank", TTL: cfg.RankTTL, Load: lb.rankFromDB,
-			Namespace: c.Namespace, Jitter: c.Jitter, LeaseTTL: c.LeaseTTL, LeaseWait: c.LeaseWait,
-			BreakerFailures: c.BreakerFailures, BreakerCooldown: c.BreakerCooldown,
-			// Cache errors are the board's events; the rank's own
-			// operation (OpRank) is the one timed, not a nested query-get.
-			Hooks: observe.Hooks{Event: c.Hooks.Event},
-		}); err != nil {
-			return nil, fmt.Errorf("aggregate: leaderboard %q: %w", cfg.Table, err)
-		}
+		scoreSQL: "SELECT score FROM " + t + " WHERE board = $1 AND player = $2",
 	}
 	return lb, nil
 }
 
-// rankArgs and rankResult are the arguments and result of the cached rank
-// query (RankTTL).
-type (
-	rankArgs   struct{ Board, Player string }
-	rankResult struct{ Score, Rank int64 }
-)
-
 // Stats returns a snapshot of the board's counters.
-func (lb *Leaderboard) Stats() observe.Stats {
-	if lb.ranks == nil {
-		return lb.core.Snapshot()
-	}
-	return lb.core.Snapshot().Add(lb.ranks.Stats())
-}
+func (lb *Leaderboard) Stats() observe.Stats { return lb.core.Snapshot() }
 
 // Key returns the cache key of board's list: the supported way to inspect
 // or delete it by hand.
@@ -298,7 +294,6 @@ func (lb *Leaderboard) Submit(ctx context.Context, board, player string, score i
 		return lb.opErr(observe.OpSubmit, board, player, err)
 	}
 	lb.apply(ctx, board, lbUpdate{e: lbEntry{player: player, score: score, version: version}})
-	lb.forgetRank(ctx, board, player)
 	return nil
 }
 
@@ -319,7 +314,6 @@ func (lb *Leaderboard) Remove(ctx context.Context, board, player string) (err er
 		return lb.opErr(observe.OpRemove, board, player, err)
 	}
 	lb.apply(ctx, board, lbUpdate{e: lbEntry{player: player, version: version}, removed: true})
-	lb.forgetRank(ctx, board, player)
 	return nil
 }
 
@@ -372,8 +366,8 @@ func (lb *Leaderboard) topList(ctx context.Context, board string, n int) (*lbLis
 // Rank returns player's entry on board with its 1-based rank, or an error
 // wrapping repo.ErrNotFound if the player has no score there. A player in the
 // cached list is answered from it; anyone else is ranked by the database
-// (one query counting the players ahead), cached for up to RankTTL if that
-// is set.
+// (one query counting the players ahead), or with RankTTL against a
+// snapshot of the board.
 func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (_ Entry, err error) {
 	ctx, end := lb.core.Begin(ctx, observe.OpRank)
 	defer func() { end(err) }()
@@ -391,46 +385,121 @@ func (lb *Leaderboard) Rank(ctx context.Context, board, player string) (_ Entry,
 	if l.complete {
 		return Entry{}, lb.opErr(observe.OpRank, board, player, repo.ErrNotFound)
 	}
-	var r rankResult
-	if lb.ranks != nil {
-		r, err = lb.ranks.Get(ctx, rankArgs{board, player})
-	} else {
-		r, err = lb.rankFromDB(ctx, rankArgs{board, player})
+	if lb.rankTTL > 0 {
+		e, ok, err := lb.rankInSnapshot(ctx, board, player)
+		if err != nil || ok {
+			return e, err
+		}
 	}
-	if errors.Is(err, repo.ErrNotFound) {
+	lb.core.DBRead()
+	e := Entry{Player: player}
+	var version int64 // read to keep the lookup on the primary key (see rankSQL)
+	err = lb.db.QueryRow(ctx, lb.rankSQL, board, player).Scan(&e.Score, &version, &e.Rank)
+	if errors.Is(err, pgx.ErrNoRows) {
 		return Entry{}, lb.opErr(observe.OpRank, board, player, repo.ErrNotFound)
 	}
 	if err != nil {
 		return Entry{}, lb.opErr(observe.OpRank, board, player, err)
 	}
-	return Entry{Player: player, Score: r.Score, Rank: r.Rank}, nil
+	return e, nil
 }
 
-// rankFromDB ranks a player by counting the players ahead (rankSQL); it
-// returns repo.ErrNotFound if the player has no score on the board.
-func (lb *Leaderboard) rankFromDB(ctx context.Context, a rankArgs) (rankResult, error) {
-	if lb.ranks == nil { // else the query counts its own reads
-		lb.core.DBRead()
-	}
-	var r rankResult
-	var version int64 // read to keep the lookup on the primary key (see rankSQL)
-	err := lb.db.QueryRow(ctx, lb.rankSQL, a.Board, a.Player).Scan(&r.Score, &version, &r.Rank)
+// rankInSnapshot ranks player against board's snapshot (RankTTL): their
+// current score from the database, and the snapshot's other players ahead
+// of it. ok is false, with no error, if the player is behind the last entry
+// of a snapshot that does not hold the whole board.
+func (lb *Leaderboard) rankInSnapshot(ctx context.Context, board, player string) (_ Entry, ok bool, err error) {
+	lb.core.DBRead()
+	e := Entry{Player: player}
+	err = lb.db.QueryRow(ctx, lb.scoreSQL, board, player).Scan(&e.Score)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return r, repo.ErrNotFound
+		return Entry{}, false, lb.opErr(observe.OpRank, board, player, repo.ErrNotFound)
 	}
-	return r, err
+	if err != nil {
+		return Entry{}, false, lb.opErr(observe.OpRank, board, player, err)
+	}
+	snap, err := lb.snapshot(ctx, board)
+	if err != nil {
+		return Entry{}, false, lb.opErr(observe.OpRank, board, player, err)
+	}
+	ahead, ok := snap.ahead(player, e.Score)
+	e.Rank = int64(ahead) + 1
+	return e, ok, nil
 }
 
-// forgetRank deletes player's cached rank (RankTTL) after their change
-// committed; a failure is reported, and the rank may then be up to RankTTL
-// old.
-func (lb *Leaderboard) forgetRank(ctx context.Context, board, player string) {
-	if lb.ranks == nil {
-		return
+// snapshot returns board's snapshot, read again if the one kept is older
+// than RankTTL (one reader per slot; the others wait for it).
+func (lb *Leaderboard) snapshot(ctx context.Context, board string) (*rankSnapshot, error) {
+	sl := &lb.snaps[maphash.String(lb.seed, board)%lbSlots]
+	fresh := func(s *rankSnapshot) bool { return s != nil && s.board == board && time.Since(s.at) < lb.rankTTL }
+	if s := sl.snap.Load(); fresh(s) {
+		return s, nil
 	}
-	if err := lb.ranks.Invalidate(ctx, rankArgs{board, player}); err != nil {
-		lb.core.CacheErr(ctx, observe.StepDelete, board+"/"+player, err)
+	sl.mu.Lock()
+	defer sl.mu.Unlock()
+	if s := sl.snap.Load(); fresh(s) {
+		return s, nil
 	}
+	lb.core.DBRead()
+	s := &rankSnapshot{board: board, at: time.Now()}
+	rows, _ := lb.db.Query(ctx, lb.topSQL, board, lb.rankSnap)
+	var e lbEntry
+	if _, err := pgx.ForEachRow(rows, []any{&e.player, &e.score, &e.version}, func() error {
+		s.entries = append(s.entries, rankEntry{e.player, e.score})
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	s.whole = len(s.entries) < lb.rankSnap
+	s.byPlayer = make([]int32, len(s.entries))
+	for i := range s.byPlayer {
+		s.byPlayer[i] = int32(i)
+	}
+	slices.SortFunc(s.byPlayer, func(a, b int32) int { return strings.Compare(s.entries[a].player, s.entries[b].player) })
+	sl.snap.Store(s)
+	return s, nil
+}
+
+// rankSlot holds the snapshot of one board (of those whose hash picks it).
+type rankSlot struct {
+	mu   sync.Mutex // held while the snapshot is read
+	snap atomic.Pointer[rankSnapshot]
+}
+
+// rankSnapshot is a board's first entries as of at, in rank order (score
+// DESC, player), with an index by player; whole tells that it holds every
+// player of the board.
+type rankSnapshot struct {
+	board    string
+	at       time.Time
+	entries  []rankEntry
+	byPlayer []int32 // indexes of entries, in player order
+	whole    bool
+}
+
+type rankEntry struct {
+	player string
+	score  int64
+}
+
+// ahead returns how many of the snapshot's players other than player rank
+// ahead of player with score; ok is false if that place is behind the last
+// entry of a snapshot that does not hold the whole board.
+func (s *rankSnapshot) ahead(player string, score int64) (n int, ok bool) {
+	n = sort.Search(len(s.entries), func(i int) bool {
+		e := &s.entries[i]
+		return e.score < score || e.score == score && e.player >= player
+	})
+	if n == len(s.entries) && !s.whole {
+		return 0, false
+	}
+	// The player's own entry, from before a change, is ahead of their
+	// current place if its score was higher.
+	j := sort.Search(len(s.byPlayer), func(i int) bool { return s.entries[s.byPlayer[i]].player >= player })
+	if j < len(s.byPlayer) && s.entries[s.byPlayer[j]].player == player && s.entries[s.byPlayer[j]].score > score {
+		n--
+	}
+	return n, true
 }
 
 // Cached returns the first n entries of board's list as the cache holds it,

@@ -654,13 +654,15 @@ func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
 }
 
 // Rank of a player below the cached list counts the players ahead in the
-// database with the right answer for ties: on 10,000 scores of one board
-// (5,000 distinct scores), it agrees with rank() over the whole board.
+// database (or a RankTTL snapshot's) with the right answer for ties: on
+// 10,000 scores of one board (5,000 distinct scores), it agrees with rank()
+// over the whole board.
 func TestRankBelowTheList(t *testing.T) {
 	e := newEnv(t)
 	e.Exec(t, `INSERT INTO scores (board, player, score)
 		SELECT b, 'p' || i, (i * 7919) % 5000 FROM generate_series(1, 10000) i, unnest(ARRAY['big', 'other']) b`)
 	lb := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 10}, e.Opts(nil))
+	snap := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 10, RankTTL: time.Hour}, e.Opts(nil))
 	for _, player := range []string{"p1", "p5000", "p6789", "p9999", "p631", "p5631"} {
 		var want aggregate.Entry
 		if err := e.Pool.QueryRow(ctx, `SELECT player, score, r FROM (SELECT player, score,
@@ -674,6 +676,9 @@ func TestRankBelowTheList(t *testing.T) {
 		got, err := lb.Rank(ctx, "big", player)
 		if err != nil || got != want {
 			t.Fatalf("Rank(%s) = %+v, %v; want %+v", player, got, err, want)
+		}
+		if got, err := snap.Rank(ctx, "big", player); err != nil || got != want {
+			t.Fatalf("Rank(%s) from a RankTTL snapshot = %+v, %v; want %+v", player, got, err, want)
 		}
 	}
 
@@ -718,19 +723,34 @@ func dbRank(t testing.TB, e *env, board, player string) aggregate.Entry {
 	return want
 }
 
-// With RankTTL, a rank below the cached list is counted in the database once
-// and then served from memcached; other players' changes may leave it up to
-// RankTTL old, but the player's own Submit or Remove, from any process, is
-// seen by the next Rank, also when a rank computed before that change is
-// being filled meanwhile.
+// With RankTTL, a rank below the cached list is counted against the board's
+// snapshot: one query for the snapshot per RankTTL, then one primary-key
+// read of the player's score per Rank. Other players' changes may leave it
+// up to RankTTL old; the player's own Submit or Remove, from any process,
+// is seen by the next Rank. A player behind a snapshot that does not hold
+// the whole board is counted in the database.
 func TestLeaderboardRankTTL(t *testing.T) {
 	e := newEnv(t)
 	const b = "ranked"
 	e.Exec(t, `INSERT INTO scores (board, player, score) SELECT 'ranked', 'p' || i, i * 10 FROM generate_series(1, 50) i`)
+	var counts, snaps atomic.Int64 // rank queries counting in the database, snapshot reads
 	hookDB := &testenv.ScanHookDB{Beginner: e.Pool}
-	cfg := aggregate.LeaderboardConfig{Size: 3, Slack: -1, RankTTL: time.Hour}
-	lb := newLeaderboard(t, hookDB, e.MC, cfg, e.Opts(nil))
-	other := newLeaderboard(t, e.Pool, e.MC, cfg, e.Opts(nil)) // another process
+	lb := newLeaderboard(t, hookDB, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: -1, RankTTL: time.Hour}, e.Opts(nil))
+	small := newLeaderboard(t, hookDB, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: -1, RankTTL: time.Hour, RankSnapshot: 10}, e.Opts(nil))
+	short := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: -1, RankTTL: 50 * time.Millisecond}, e.Opts(nil))
+	other := newLeaderboard(t, e.Pool, e.MC, aggregate.LeaderboardConfig{Size: 3, Slack: -1}, e.Opts(nil)) // another process
+	after := func(sql string) {
+		switch sql {
+		case aggregate.RankSQL(lb):
+			counts.Add(1)
+		case aggregate.TopSQL(lb):
+			snaps.Add(1)
+		}
+	}
+	if _, err := lb.Top(ctx, b, 3); err != nil { // the list is built (by the same query as a snapshot)
+		t.Fatal(err)
+	}
+	hookDB.After.Store(&after)
 
 	rank := func(l *aggregate.Leaderboard, player string) aggregate.Entry {
 		t.Helper()
@@ -747,76 +767,63 @@ func TestLeaderboardRankTTL(t *testing.T) {
 	before := lb.Stats()
 	for range 5 {
 		if got := rank(lb, "p10"); got != want {
-			t.Fatalf("cached Rank(p10) = %+v, want %+v", got, want)
+			t.Fatalf("Rank(p10) again = %+v, want %+v", got, want)
 		}
 	}
-	if st := lb.Stats(); st.DBReads != before.DBReads || st.Hits < before.Hits+5 {
-		t.Fatalf("5 more Ranks of p10: db reads %d -> %d, hits %d -> %d; want no read, 5 hits",
-			before.DBReads, st.DBReads, before.Hits, st.Hits)
-	}
-	if got := rank(other, "p10"); got != want { // shared through memcached
-		t.Fatalf("other's Rank(p10) = %+v, want %+v", got, want)
+	if st := lb.Stats(); st.DBReads != before.DBReads+5 || counts.Load() != 0 || snaps.Load() != 1 {
+		t.Fatalf("6 Ranks of p10: %d snapshot reads, %d counts; db reads %d -> %d over the last 5; want 1 snapshot, no count, 1 read each",
+			snaps.Load(), counts.Load(), before.DBReads, st.DBReads)
 	}
 
-	// Another player passing p10 moves p10's true rank; the cached one may
-	// lag (up to RankTTL).
+	// Another player passing p10 moves p10's true rank to 42; the snapshot
+	// may lag (up to RankTTL), and short's catches up after its RankTTL.
+	if got := rank(short, "p10"); got != want {
+		t.Fatalf("short's Rank(p10) = %+v, want %+v", got, want)
+	}
 	if err := other.Submit(ctx, b, "p5", 105); err != nil {
 		t.Fatal(err)
 	}
 	if got := rank(lb, "p10"); got != want {
-		t.Fatalf("Rank(p10) after another player's change = %+v, want the cached %+v", got, want)
+		t.Fatalf("Rank(p10) after another player's change = %+v, want the snapshot's %+v", got, want)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if got, want := rank(short, "p10"), dbRank(t, e, b, "p10"); got != want || want.Rank != 42 {
+		t.Fatalf("Rank(p10) after RankTTL = %+v, want %+v (rank 42)", got, want)
 	}
 
-	// p10's own change, made by the other process, is seen at once.
-	if err := other.Submit(ctx, b, "p10", 255); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want || want.Rank != 26 {
-		t.Fatalf("Rank(p10) after its Submit = %+v, want %+v (rank 26)", got, want)
-	}
-
-	// A rank computed before p10's next change, and filled after it, is not
-	// kept: the next Rank counts again.
-	computed, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	after := func(sql string) {
-		if sql == aggregate.RankSQL(lb) {
-			once.Do(func() { close(computed); <-release })
+	// p10's own changes, made by another process, are seen at once: up
+	// past p5's old and new scores, then down to 12, below p10's own entry
+	// in the snapshot.
+	for _, c := range []struct {
+		score int64
+		rank  int64
+	}{{255, 26}, {12, 49}} {
+		if err := other.Submit(ctx, b, "p10", c.score); err != nil {
+			t.Fatal(err)
 		}
-	}
-	hookDB.After.Store(&after)
-	if err := other.Submit(ctx, b, "p10", 12); err != nil { // drop p10's rank, so the next Rank counts
-		t.Fatal(err)
-	}
-	old := dbRank(t, e, b, "p10")
-	done := make(chan aggregate.Entry, 1)
-	go func() {
-		got, _ := lb.Rank(ctx, b, "p10")
-		done <- got
-	}()
-	<-computed
-	if err := other.Submit(ctx, b, "p10", 500); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	if got := <-done; got != old { // it began before the Submit: the old rank is right
-		t.Fatalf("Rank(p10) that began before the Submit = %+v, want %+v", got, old)
-	}
-	if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want || want.Rank != 1 {
-		t.Fatalf("Rank(p10) after a Submit that raced a fill = %+v, want %+v", got, want)
-	}
-	// In the list now (rank 1): answered from it. Out of it again, then
-	// removed by the other process: not found at once.
-	if err := other.Submit(ctx, b, "p10", 1); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want {
-		t.Fatalf("Rank(p10) after falling out of the list = %+v, want %+v", got, want)
+		if got, want := rank(lb, "p10"), dbRank(t, e, b, "p10"); got != want || want.Rank != c.rank {
+			t.Fatalf("Rank(p10) after its Submit of %d = %+v, want %+v (rank %d)", c.score, got, want, c.rank)
+		}
 	}
 	if err := other.Remove(ctx, b, "p10"); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := lb.Rank(ctx, b, "p10"); !errors.Is(err, repo.ErrNotFound) {
 		t.Fatalf("Rank(p10) after its Remove = %+v, %v; want ErrNotFound", got, err)
+	}
+	if counts.Load() != 0 || snaps.Load() != 1 {
+		t.Fatalf("lb: %d counts, %d snapshot reads; want none and 1", counts.Load(), snaps.Load())
+	}
+
+	// small's snapshot holds p41-p50: p45 is ranked from it, p20 behind it
+	// is counted.
+	for _, c := range []struct {
+		player string
+		counts int64
+	}{{"p45", 0}, {"p20", 1}} {
+		counts.Store(0)
+		if got, want := rank(small, c.player), dbRank(t, e, b, c.player); got != want || counts.Load() != c.counts {
+			t.Fatalf("small's Rank(%s) = %+v with %d counts, want %+v with %d", c.player, got, counts.Load(), want, c.counts)
+		}
 	}
 }

@@ -155,15 +155,6 @@ type Stats struct {
 	Drops    uint64 // cached aggregates deleted because they could no longer be proven right
 }
 
-// Add returns the sums of s's and o's counters: the counters of something
-// built from parts, each with its own (a Leaderboard and its rank query).
-func (s Stats) Add(o Stats) Stats {
-	return Stats{Hits: s.Hits + o.Hits, Misses: s.Misses + o.Misses, Fills: s.Fills + o.Fills,
-		DBReads: s.DBReads + o.DBReads, LeaseWaits: s.LeaseWaits + o.LeaseWaits,
-		CASConflicts: s.CASConflicts + o.CASConflicts, CacheErrors: s.CacheErrors + o.CacheErrors,
-		Rebuilds: s.Rebuilds + o.Rebuilds, Drops: s.Drops + o.Drops}
-}
-
 // Join returns Hooks that call each of hs in turn (OpStart passes the
 // context each returns to the next). Nil fields are skipped; fields that no
 // hook sets stay nil, so they still cost nothing.
