@@ -47,12 +47,20 @@ type aggregates struct {
 	maxTopIn int
 }
 
-func newAggregates(db repo.DB, cache repo.Cache, opts *repo.Options) (*aggregates, error) {
+// newAggregates builds the counter and the leaderboard; ranks below the top
+// list are ranked against a snapshot (rankTTL) only with the cache on, so
+// that the no-cache service counts them in Postgres, as it would without the
+// library.
+func newAggregates(db repo.DB, cache repo.Cache, opts *repo.Options, cached bool) (*aggregates, error) {
 	c, err := aggregate.NewCounter(db, cache, aggregate.CounterConfig{Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
 	if err != nil {
 		return nil, err
 	}
-	lb, err := aggregate.NewLeaderboard(db, cache, aggregate.LeaderboardConfig{Size: topSize, RankTTL: rankTTL, Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
+	var rt time.Duration
+	if cached {
+		rt = rankTTL
+	}
+	lb, err := aggregate.NewLeaderboard(db, cache, aggregate.LeaderboardConfig{Size: topSize, RankTTL: rt, Cache: aggregate.CacheConfig{Namespace: opts.Namespace, TTL: opts.TTL, Hooks: opts.Hooks}})
 	if err != nil {
 		return nil, err
 	}

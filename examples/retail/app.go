@@ -112,7 +112,7 @@ func newApp(ctx context.Context, cfg config, log *slog.Logger, concurrency int) 
 		a.close()
 		return nil, err
 	}
-	if a.agg, err = newAggregates(a.pool, a.cache, opts); err != nil {
+	if a.agg, err = newAggregates(a.pool, a.cache, opts, cfg.Cache); err != nil {
 		a.close()
 		return nil, err
 	}
