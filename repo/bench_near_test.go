@@ -135,7 +135,7 @@ func BenchmarkGetManyMiss(b *testing.B) {
 // BenchmarkGetManyNear: GetMany of one article's stock in 170 stores (the
 // example's stock_across), every row in the near-cache, against the raw
 // work it wraps: 170 lookups of prebuilt keys in an otter cache holding the
-// same rows, gathered into a map by key.
+// same rows, gathered into a map by key; and the same through AppendMany.
 func BenchmarkGetManyNear(b *testing.B) {
 	const stores = 170
 	e := newEnv(b)
@@ -187,6 +187,17 @@ func BenchmarkGetManyNear(b *testing.B) {
 		}
 		if got := n.Hits() - hits; got < uint64(b.N)*stores {
 			b.Fatalf("%d near-cache hits for %d GetManys of %d keys", got, b.N, stores)
+		}
+	})
+	// AppendMany into a reused slice: the rows in key order, without a map.
+	b.Run("append", func(b *testing.B) {
+		b.ReportAllocs()
+		var dst []Stock
+		for b.Loop() {
+			var err error
+			if dst, err = s.AppendMany(ctx, dst[:0], keys); err != nil || len(dst) != stores {
+				b.Fatal(len(dst), err)
+			}
 		}
 	})
 }

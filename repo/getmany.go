@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,15 +46,61 @@ func (s *Store[T, K]) GetMany(ctx context.Context, keys []K) (map[K]T, error) {
 	return out, err
 }
 
-// getManyNear is getMany through the near-cache (see getNear): keys it
-// holds are answered from it, the others read as getMany does and kept.
+// AppendMany is GetMany appending the rows to dst, in the order of keys: a
+// key with no row is skipped, and a key given twice appends its row twice.
+// It reads as GetMany does; through the near-cache (Options.Near), the keys
+// it holds are answered without building a map.
+func (s *Store[T, K]) AppendMany(ctx context.Context, dst []T, keys []K) (_ []T, err error) {
+	ctx, end := s.c.Begin(ctx, observe.OpGetMany)
+	defer func() { end(err) }()
+	if s.near == nil {
+		m, err := s.getMany(ctx, keys)
+		if err != nil {
+			return dst, err
+		}
+		for _, k := range keys {
+			if v, ok := m[k]; ok {
+				dst = append(dst, v)
+			}
+		}
+		return dst, nil
+	}
+	n := len(dst)
+	dst = slices.Grow(dst, len(keys))[:n+len(keys)]
+	found := make([]bool, len(keys))
+	if err := s.readManyNear(ctx, keys, func(i int, v T) { dst[n+i], found[i] = v, true }); err != nil {
+		clear(dst[n:])
+		return dst[:n], err
+	}
+	w := n
+	for i, ok := range found {
+		if ok {
+			dst[w] = dst[n+i]
+			w++
+		}
+	}
+	clear(dst[w:])
+	return dst[:w], nil
+}
+
+// getManyNear is getMany through the near-cache (readManyNear).
 func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error) {
+	out := make(map[K]T, len(keys))
+	if err := s.readManyNear(ctx, keys, func(i int, v T) { out[keys[i]] = v }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readManyNear reads keys through the near-cache (see getNear), calling put
+// with the index and row of each key that has one. Keys the near-cache
+// holds are answered from it, the others read as getMany does and kept.
+func (s *Store[T, K]) readManyNear(ctx context.Context, keys []K, put func(i int, v T)) error {
 	type pending struct {
-		k   K
+		i   int
 		key string
 		tok nearToken
 	}
-	out := make(map[K]T, len(keys))
 	var rest []K
 	var restKeys []string
 	var fill []pending
@@ -63,7 +110,7 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 		key := s.keyWith(kb, k)
 		if v, found, hit := s.nearHit(key, now); hit {
 			if found {
-				out[k] = v
+				put(i, v)
 			}
 			continue
 		}
@@ -71,24 +118,24 @@ func (s *Store[T, K]) getManyNear(ctx context.Context, keys []K) (map[K]T, error
 			n := len(keys) - i
 			rest, restKeys, fill = make([]K, 0, n), make([]string, 0, n), make([]pending, 0, n)
 		}
-		rest, restKeys, fill = append(rest, k), append(restKeys, key), append(fill, pending{k, key, s.near.begin(key)})
+		rest, restKeys, fill = append(rest, k), append(restKeys, key), append(fill, pending{i, key, s.near.begin(key)})
 	}
 	if len(rest) == 0 {
-		return out, nil
+		return nil
 	}
-	// The keys read from memcached are not in out yet, so what getManyInto
-	// adds (or removes) is theirs.
+	out := make(map[K]T, len(rest))
 	if err := s.getManyInto(ctx, rest, restKeys, out); err != nil {
-		return nil, err
+		return err
 	}
 	for _, f := range fill {
-		if v, ok := out[f.k]; ok {
+		if v, ok := out[keys[f.i]]; ok {
+			put(f.i, v)
 			s.nearKeep(f.key, f.tok, now, &v)
 		} else {
 			s.nearKeep(f.key, f.tok, now, nil)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // getMany is GetMany without the hooks.

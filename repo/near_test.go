@@ -497,3 +497,56 @@ func TestNearCacheForgetsWhatAWriteLearnt(t *testing.T) {
 		t.Fatalf("a read after Update learnt the row is gone: %+v, %v; want ErrNotFound", p, err)
 	}
 }
+
+// AppendMany appends the rows of its keys in their order (a missing key
+// skipped, a repeated one repeated) after dst's own, with and without a
+// near-cache, cold and warm; a failed call leaves dst as it was.
+func TestAppendMany(t *testing.T) {
+	e := newEnv(t)
+	for i := int64(1); i <= 10; i++ {
+		e.insertProduct(t, i, fmt.Sprint("p", i), i*100)
+	}
+	plain := e.products(t, nil)
+	o := e.Opts(nil)
+	o.Near = newNear(t, e, time.Hour, true, "near-append")
+	near := e.products(t, o)
+	if _, err := near.Get(ctx, 6); err != nil { // one near-cache hit among misses
+		t.Fatal(err)
+	}
+	if _, err := near.Get(ctx, 12); !errors.Is(err, repo.ErrNotFound) { // and one "not found"
+		t.Fatal(err)
+	}
+	keys := []int64{3, 12, 1, 3, 6, 11, 10}
+	want := []int64{99, 3, 1, 3, 6, 10}
+	for _, c := range []struct {
+		name string
+		s    *repo.Store[Product, int64]
+	}{{"plain", plain}, {"near", near}} {
+		for _, pass := range []string{"cold", "warm"} {
+			dst := append(make([]Product, 0, 2), Product{ID: 99})
+			got, err := c.s.AppendMany(ctx, dst, keys)
+			if err != nil {
+				t.Fatalf("%s %s: %v", c.name, pass, err)
+			}
+			ids := make([]int64, len(got))
+			for i, p := range got {
+				ids[i] = p.ID
+				if p.ID != 99 && (p.PriceCents != p.ID*100 || p.Name != fmt.Sprint("p", p.ID)) {
+					t.Fatalf("%s %s: row %+v", c.name, pass, p)
+				}
+			}
+			if !slices.Equal(ids, want) {
+				t.Fatalf("%s %s: AppendMany ids %v, want %v", c.name, pass, ids, want)
+			}
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		dst := []Product{{ID: 99}}
+		if got, err := c.s.AppendMany(cctx, dst, []int64{7, 8}); !errors.Is(err, context.Canceled) || len(got) != 1 || got[0].ID != 99 {
+			t.Fatalf("%s: cancelled AppendMany = %v, %v; want dst as it was and context.Canceled", c.name, got, err)
+		}
+	}
+	if h := o.Near.Hits(); h < uint64(len(keys)) {
+		t.Fatalf("the warm near pass made %d near-cache hits, want at least %d", h, len(keys))
+	}
+}

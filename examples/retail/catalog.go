@@ -135,23 +135,14 @@ func newCatalog(db repo.DB, cache repo.Cache, opts *repo.Options) (*catalog, err
 }
 
 // productsInCategory returns up to limit products of a category, in id
-// order: a cached page of ids, then one GetMany for the rows.
+// order: a cached page of ids, then one AppendMany for the rows.
 func (c *catalog) productsInCategory(ctx context.Context, categoryID int64, limit int) ([]Product, error) {
 	ids, err := c.categoryPage.Get(ctx, categoryPageArgs{Category: categoryID, Limit: limit})
 	if err != nil {
 		return nil, err
 	}
-	rows, err := c.products.GetMany(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Product, 0, len(ids))
-	for _, id := range ids {
-		if p, ok := rows[id]; ok { // a product deleted since the page was cached is skipped
-			out = append(out, p)
-		}
-	}
-	return out, nil
+	// A product deleted since the page was cached is skipped.
+	return c.products.AppendMany(ctx, make([]Product, 0, len(ids)), ids)
 }
 
 // stockAcrossStores returns the stock of one article in every store that
@@ -165,17 +156,7 @@ func (c *catalog) stockAcrossStores(ctx context.Context, article, uom string) ([
 	for i, code := range codes {
 		keys[i] = StockKey{article, uom, code}
 	}
-	rows, err := c.stock.GetMany(ctx, keys)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Stock, 0, len(rows))
-	for _, k := range keys {
-		if s, ok := rows[k]; ok {
-			out = append(out, s)
-		}
-	}
-	return out, nil
+	return c.stock.AppendMany(ctx, make([]Stock, 0, len(keys)), keys)
 }
 
 // stats returns every store's and query's counters by name, for /metrics.
