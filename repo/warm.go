@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/cachedrepo/cachedrepo/repo/internal/protocol"
+	"github.com/cachedrepo/cachedrepo/repo/memclient"
 	"github.com/cachedrepo/cachedrepo/repo/observe"
 )
 
@@ -34,11 +35,13 @@ var errBreakerOpen = errors.New("cache unavailable (breaker open)")
 // stores nothing if the key holds anything, so Warm never replaces a cached
 // value, a tombstone or another reader's lease: such rows are skipped, as
 // are rows whose envelope exceeds Options.MaxItemSize (reported to
-// Hooks.Event as a CacheError with ErrTooLarge). The Adds run one at a time on the
-// calling goroutine (gomemcache has no batched Add); for throughput run
-// several Warm calls concurrently, for example one per page of a
-// keyset-paginated SELECT of whole rows, with memclient.Config.MaxIdleConns
-// covering them.
+// Hooks.Event as a CacheError with ErrTooLarge). Over a *memclient.Client or
+// a *memclient.Migration the Adds of each chunk leave together, one
+// pipeline of quiet meta adds per server (AddMulti); over other caches
+// they run one at a time on the calling goroutine (gomemcache has no
+// batched Add). For throughput run several Warm calls concurrently, for
+// example one per page of a keyset-paginated SELECT of whole rows, with
+// memclient.Config.MaxIdleConns covering them.
 //
 // Add alone would race with writers: Warm's rows were read before a write
 // committed, the write's cache step found the key missing and so left it
@@ -97,16 +100,23 @@ func (s *Store[T, K]) Warm(ctx context.Context, rows []T) (stored int, err error
 	if len(rows) == 0 {
 		return 0, nil
 	}
-	skipped := 0 // rows whose server's breaker is open
+	skipped, lost := 0, 0 // rows whose server's breaker is open; rows whose server failed
 	for start := 0; start < len(rows); start += warmChunkRows {
-		n, err := s.warmChunk(ctx, rows[start:min(start+warmChunkRows, len(rows))], &skipped)
+		n, err := s.warmChunk(ctx, rows[start:min(start+warmChunkRows, len(rows))], &skipped, &lost)
 		stored += n
 		if err != nil {
 			return stored, s.warmErr(err)
 		}
 	}
+	var errs []error
 	if skipped > 0 {
-		return stored, s.warmErr(fmt.Errorf("%d of %d rows not warmed: %w", skipped, len(rows), errBreakerOpen))
+		errs = append(errs, fmt.Errorf("%d of %d rows not warmed: %w", skipped, len(rows), errBreakerOpen))
+	}
+	if lost > 0 {
+		errs = append(errs, fmt.Errorf("%d of %d rows not warmed: their server failed (reported as CacheError events)", lost, len(rows)))
+	}
+	if len(errs) > 0 {
+		return stored, s.warmErr(errors.Join(errs...))
 	}
 	return stored, nil
 }
@@ -127,32 +137,15 @@ type warmed[K comparable] struct {
 }
 
 // warmChunk adds rows and then verifies what it added. Rows whose server's
-// breaker is open are not tried, and counted in skipped.
-func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped *int) (int, error) {
+// breaker is open are not tried, and counted in skipped; rows whose server
+// failed their pipelined Add are counted in lost.
+func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped, lost *int) (int, error) {
 	added := make([]warmed[K], 0, len(rows))
 	var stop error
 	failures := 0 // consecutive transport failures
-	for i := range rows {
-		if err := ctx.Err(); err != nil {
-			stop = err
-			break
-		}
-		v := &rows[i]
-		w := warmed[K]{k: s.t.keyOf(v), version: s.versionOf(v)}
-		w.key = s.Key(w.k)
-		if !s.c.AllowRead(w.key) { // its server is down: warm the others'
-			*skipped++
-			continue
-		}
-		value, flags := s.envelope(ctx, w.key, v, w.version)
-		if value == nil {
-			continue // too large, reported
-		}
-		err := s.c.Cache.Add(&memcache.Item{Key: w.key, Value: value, Flags: flags, Expiration: s.c.Expiry(s.c.Opt.TTL, true)})
+	// outcome records one Add's outcome, and reports whether to go on.
+	outcome := func(w warmed[K], err error) bool {
 		w.sure = err == nil
-		if s.t.versionIdx < 0 {
-			w.value = value
-		}
 		switch {
 		case err == nil:
 			failures = 0
@@ -165,14 +158,81 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped *int) (in
 			// Consecutive failures of servers whose breakers were closed:
 			// the cache as a whole is failing. (A server whose breaker
 			// opens is skipped from the next of its rows on.)
-			if failures++; failures >= s.c.Opt.BreakerFailures {
+			if failures++; failures >= s.c.Opt.BreakerFailures && stop == nil {
 				stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
 			}
 		default: // refused for this item alone (e.g. the server's own size limit)
 			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 		}
-		if stop != nil {
-			break
+		return stop == nil
+	}
+	var ws []warmed[K]
+	var items []*memcache.Item
+	for i := range rows {
+		v := &rows[i]
+		w := warmed[K]{k: s.t.keyOf(v), version: s.versionOf(v)}
+		w.key = s.Key(w.k)
+		if !s.c.AllowRead(w.key) { // its server is down: warm the others'
+			*skipped++
+			continue
+		}
+		value, flags := s.envelope(ctx, w.key, v, w.version)
+		if value == nil {
+			continue // too large, reported
+		}
+		if s.t.versionIdx < 0 {
+			w.value = value
+		}
+		ws = append(ws, w)
+		items = append(items, &memcache.Item{Key: w.key, Value: value, Flags: flags, Expiration: s.c.Expiry(s.c.Opt.TTL, true)})
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if outs, ok := s.c.AddMany(items); ok {
+		// Every Add was sent. One whose server failed may have been
+		// applied, so it is verified like an added one, and counted as
+		// not warmed; each server's failure is reported once. Only if
+		// every Add failed is the cache unavailable.
+		var reported *memclient.ServerError
+		failed := 0
+		for j, err := range outs {
+			w := ws[j]
+			w.sure = err == nil
+			var se *memclient.ServerError
+			switch {
+			case err == nil:
+				added = append(added, w)
+			case errors.Is(err, memcache.ErrNotStored):
+			case protocol.IsTransportErr(err):
+				added = append(added, w)
+				if failed++; !errors.As(err, &se) || se != reported {
+					reported = se
+					s.c.CacheErr(ctx, observe.StepFill, w.key, err)
+				}
+				if failed == len(outs) {
+					stop = fmt.Errorf("cache unavailable: all %d adds failed, the last: %w", failed, err)
+				}
+			default: // refused for this item alone
+				s.c.CacheErr(ctx, observe.StepFill, w.key, err)
+			}
+		}
+		if stop == nil {
+			*lost += failed
+		}
+	} else {
+		for j, it := range items {
+			if err := ctx.Err(); err != nil {
+				stop = err
+				break
+			}
+			if !s.c.AllowRead(it.Key) { // its server's breaker opened meanwhile
+				*skipped++
+				continue
+			}
+			if !outcome(ws[j], s.c.Cache.Add(it)) {
+				break
+			}
 		}
 	}
 	if err := ctx.Err(); err != nil {

@@ -243,6 +243,38 @@ func (c *Core) AddLeases(keys []string) (tokens []uint64, err error) {
 	return tokens, nil
 }
 
+// AddMany is Add for each of items over a cache that pipelines adds
+// (memclient.Client, memclient.Migration): one pipeline per server, each
+// outcome (outs[i] for items[i], as AddMulti's) reported to the breakers as
+// the guarded Cache's Add would. ok is false, with nothing sent, over any
+// other cache: add the items one by one.
+func (c *Core) AddMany(items []*memcache.Item) (outs []error, ok bool) {
+	ms, multi := c.raw.(multiStorer)
+	if !multi || len(items) == 0 {
+		return nil, false
+	}
+	outs, err := ms.AddMulti(items)
+	if outs == nil {
+		if errors.Is(err, memclient.ErrNoMeta) {
+			return nil, false
+		}
+		keys := make([]string, len(items))
+		outs = make([]error, len(items))
+		for i, it := range items {
+			keys[i], outs[i] = it.Key, err
+		}
+		c.recordMany(keys, err)
+		return outs, true
+	}
+	for i, o := range outs {
+		if errors.Is(o, memcache.ErrNotStored) {
+			o = nil // the server answered
+		}
+		c.record(items[i].Key, o)
+	}
+	return outs, true
+}
+
 // AddLease takes key's lease with the classic commands (an Add), returning
 // its token, or 0 if the key holds something.
 func (c *Core) AddLease(key string) (token uint64, err error) {
