@@ -41,14 +41,7 @@ func TestLateCommitOfAnUnknownOutcome(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			lock, err := e.Pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer lock.Rollback(ctx)
-			if _, err := lock.Exec(ctx, `SELECT 1 FROM products WHERE id = 1 FOR UPDATE`); err != nil {
-				t.Fatal(err)
-			}
+			lock := e.LockRows(t, `SELECT 1 FROM products WHERE id = 1 FOR UPDATE`)
 			dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 			defer cancel()
 			done := make(chan error, 1)
@@ -113,18 +106,11 @@ func TestWriteTimeoutBoundsTheStatement(t *testing.T) {
 	e.insertProduct(t, 1, "kept", 100)
 	const writeTimeout = 400 * time.Millisecond
 	writer, px, wpool := stallableWriter(t, e, writeTimeout, map[string]string{"statement_timeout": "10s"})
-	lock, err := e.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback(ctx)
-	if _, err := lock.Exec(ctx, `SELECT 1 FROM products WHERE id = 1 FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	lock := e.LockRows(t, `SELECT 1 FROM products WHERE id = 1 FOR UPDATE`)
 
 	// A caller that waits: the server cancels the statement.
 	start := time.Now()
-	err = writer.Delete(ctx, 1)
+	err := writer.Delete(ctx, 1)
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != "57014" {
 		t.Fatalf("Delete blocked past WriteTimeout: %v, want the server's statement timeout (57014)", err)

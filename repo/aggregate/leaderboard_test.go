@@ -620,14 +620,7 @@ func TestLeaderboardResubmitAfterConcurrentRemoveIsNewer(t *testing.T) {
 	if err := lb.Submit(ctx, "b", "p1", 10); err != nil {
 		t.Fatal(err)
 	}
-	tx, err := e.Pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM scores WHERE board = 'b' AND player = 'p1' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := e.LockRows(t, `SELECT 1 FROM scores WHERE board = 'b' AND player = 'p1' FOR UPDATE`)
 	done := make(chan error, 1)
 	go func() { done <- lb.Submit(ctx, "b", "p1", 50) }() // waits for the lock
 	e.WaitForLockWait(t)

@@ -192,6 +192,22 @@ func (r *hookRows) Close() {
 	r.once.Do(r.done)
 }
 
+// LockRows begins a transaction that runs query (a SELECT ... FOR UPDATE)
+// and so holds its rows' locks until the test ends or it is rolled back or
+// committed.
+func (e *Env) LockRows(t testing.TB, query string, args ...any) pgx.Tx {
+	t.Helper()
+	tx, err := e.Pool.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	if _, err := tx.Exec(context.Background(), query, args...); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
 // WaitForLockWait waits until some backend of the test database waits on a
 // lock.
 func (e *Env) WaitForLockWait(t testing.TB) {
