@@ -647,7 +647,9 @@ func (s *Store[T, K]) readDB(ctx context.Context, k K) (T, error) {
 // evicted while rows cached before the call are still there, the generation
 // falls back to 0 and those rows could be served again, so prefer
 // InvalidateAll for rare bulk changes and a short TTL for tables changed
-// outside the stores.
+// outside the stores. The generation is the table's: Stores, Counters and
+// Leaderboards over the same table (and namespace) share it, so this call,
+// or the WAL invalidator's after a TRUNCATE, drops what each of them cached.
 func (s *Store[T, K]) InvalidateAll(ctx context.Context) (err error) {
 	ctx, end := s.c.Begin(ctx, observe.OpInvalidateAll)
 	defer func() { end(err) }()

@@ -467,3 +467,53 @@ func TestCounterOutbox(t *testing.T) {
 		t.Fatalf("Get after the repair: %d %v, want 43", v, err)
 	}
 }
+
+// counterRow is a row of the counters table, for a Store over it.
+type counterRow struct {
+	Name    string `db:"name"`
+	Value   int64  `db:"value"`
+	Version int64  `db:"version"`
+}
+
+// A Store and a Counter over the same table share the table's generation:
+// the Store's InvalidateAll (as after a bulk change behind both) drops the
+// Counter's cached value too, within the Counter's generation refresh.
+func TestCounterSharesTheTableGeneration(t *testing.T) {
+	e := newEnv(t)
+	c := newCounter(t, e.Pool, e.MC, e.Opts(nil))
+	s, err := repo.New(e.Pool, e.MC, repo.Table[counterRow, string]{
+		Name: "counters", Key: []string{"name"}, Columns: []string{"name", "value", "version"}, Version: "version",
+	}, e.Opts(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Add(ctx, "shared", 5); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx, "shared"); err != nil || v != 5 { // cached now
+		t.Fatalf("Get = %d, %v; want 5", v, err)
+	}
+	e.Exec(t, `UPDATE counters SET value = 7, version = DEFAULT WHERE name = 'shared'`) // behind both
+	if v, err := c.Get(ctx, "shared"); err != nil || v != 5 {
+		t.Fatalf("Get before InvalidateAll = %d, %v; want the cached 5", v, err)
+	}
+	if err := s.InvalidateAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	deadline := start.Add(5 * time.Second) // the refresh is 1 s
+	for {
+		v, err := c.Get(ctx, "shared")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == 7 {
+			t.Logf("the Counter saw the new generation %v after InvalidateAll", time.Since(start))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Get 5 s after the Store's InvalidateAll = %d, want 7", v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
