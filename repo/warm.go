@@ -142,29 +142,25 @@ type warmed[K comparable] struct {
 func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped, lost *int) (int, error) {
 	added := make([]warmed[K], 0, len(rows))
 	var stop error
-	failures := 0 // consecutive transport failures
-	// outcome records one Add's outcome, and reports whether to go on.
-	outcome := func(w warmed[K], err error) bool {
+	// keep records one Add's outcome (report: whether to report a failure)
+	// and returns whether its server failed. A row whose Add failed in
+	// transit may have been added, so it is verified like an added one.
+	keep := func(w warmed[K], err error, report bool) (failed bool) {
 		w.sure = err == nil
 		switch {
 		case err == nil:
-			failures = 0
 			added = append(added, w)
-		case errors.Is(err, memcache.ErrNotStored):
-			failures = 0 // a value, tombstone or lease is there already
+		case errors.Is(err, memcache.ErrNotStored): // a value, tombstone or lease is there already
 		case protocol.IsTransportErr(err):
-			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 			added = append(added, w)
-			// Consecutive failures of servers whose breakers were closed:
-			// the cache as a whole is failing. (A server whose breaker
-			// opens is skipped from the next of its rows on.)
-			if failures++; failures >= s.c.Opt.BreakerFailures && stop == nil {
-				stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
+			if report {
+				s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 			}
+			return true
 		default: // refused for this item alone (e.g. the server's own size limit)
 			s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 		}
-		return stop == nil
+		return false
 	}
 	var ws []warmed[K]
 	var items []*memcache.Item
@@ -197,30 +193,21 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped, lost *in
 		var reported *memclient.ServerError
 		failed := 0
 		for j, err := range outs {
-			w := ws[j]
-			w.sure = err == nil
 			var se *memclient.ServerError
-			switch {
-			case err == nil:
-				added = append(added, w)
-			case errors.Is(err, memcache.ErrNotStored):
-			case protocol.IsTransportErr(err):
-				added = append(added, w)
-				if failed++; !errors.As(err, &se) || se != reported {
-					reported = se
-					s.c.CacheErr(ctx, observe.StepFill, w.key, err)
-				}
+			errors.As(err, &se)
+			if keep(ws[j], err, se == nil || se != reported) {
+				failed++
+				reported = se
 				if failed == len(outs) {
 					stop = fmt.Errorf("cache unavailable: all %d adds failed, the last: %w", failed, err)
 				}
-			default: // refused for this item alone
-				s.c.CacheErr(ctx, observe.StepFill, w.key, err)
 			}
 		}
 		if stop == nil {
 			*lost += failed
 		}
 	} else {
+		failures := 0 // consecutive transport failures
 		for j, it := range items {
 			if err := ctx.Err(); err != nil {
 				stop = err
@@ -230,7 +217,19 @@ func (s *Store[T, K]) warmChunk(ctx context.Context, rows []T, skipped, lost *in
 				*skipped++
 				continue
 			}
-			if !outcome(ws[j], s.c.Cache.Add(it)) {
+			err := s.c.Cache.Add(it)
+			switch {
+			case keep(ws[j], err, true):
+				// Consecutive failures of servers whose breakers were
+				// closed: the cache as a whole is failing. (A server whose
+				// breaker opens is skipped from the next of its rows on.)
+				if failures++; failures >= s.c.Opt.BreakerFailures {
+					stop = fmt.Errorf("cache unavailable: %d failures in a row, the last: %w", failures, err)
+				}
+			case err == nil || errors.Is(err, memcache.ErrNotStored):
+				failures = 0
+			}
+			if stop != nil {
 				break
 			}
 		}
